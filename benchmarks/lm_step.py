@@ -5,7 +5,9 @@
 The step is lm1b's own (`lm1b.runners.JaxRunner.train_step`): embedding,
 2 recurrent layers, sampled softmax over V = 793,470 with 8,192 samples,
 f-lm's gradient scaling, clipping of the LSTM gradients, Adagrad, and the
-EMA of the LSTM weights. Settings are the paper's (`--preset` values of
+EMA of the LSTM weights. `--vocab_updates sparse,dense` times each model
+with the runner's sparse vocabulary updates (the default) and with dense
+ones (the whole V×d gradients, all-reduced and applied). Settings are the paper's (`--preset` values of
 lm1b/hparams.py): emb = p = 1024, n = 8192, batch 256 per GPU, 20 steps.
 Inputs are random word ids (the step's cost does not depend on them).
 
@@ -40,12 +42,12 @@ PAPER = {
 }
 
 
-def time_model(preset, args):
+def time_model(preset, vocab_updates, args):
     overrides = f"num_gpus={args.num_gpus},vocab_size={args.vocab_size},batch_size={args.batch_size}"
     hps = HParams.from_preset(preset, ",".join(filter(None, [overrides, args.hparams])))
     keras.config.set_dtype_policy("mixed_bfloat16" if args.dtype == "bf16" else "float32")
     try:
-        runner = JaxRunner(hps)
+        runner = JaxRunner(hps, sparse_vocab=vocab_updates == "sparse")
     finally:
         keras.config.set_dtype_policy("float32")
     rows = hps.batch_size * args.num_gpus
@@ -71,6 +73,7 @@ def time_model(preset, args):
     rnn_params = sum(rnn.count_params() for rnn in runner.model.rnns)
     return {
         "model": preset,
+        "vocab_updates": vocab_updates,
         "words_per_s": rows * hps.num_steps / seconds,
         "words_per_s_per_gpu": rows * hps.num_steps / seconds / args.num_gpus,
         "step_ms": round(1000 * seconds, 2),
@@ -84,6 +87,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(PAPER))
     parser.add_argument("--num_gpus", type=int, default=1)
+    parser.add_argument("--vocab_updates", default="sparse", help="sparse, dense, or both: sparse,dense")
     parser.add_argument("--dtype", choices=["tf32", "bf16"], default="bf16")
     parser.add_argument("--vocab_size", type=int, default=793_470)
     parser.add_argument("--batch_size", type=int, default=256, help="per GPU")
@@ -107,18 +111,20 @@ def main():
         "host": platform.node(),
         "rows": [],
     }
-    print(f"{'model':10s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} {'paper':>8s} {'RNN params':>12s}", flush=True)
-    for preset in args.models.split(","):
-        row = time_model(preset, args)
+    print(f"{'model':10s} {'vocab':>6s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} {'paper':>8s} {'RNN params':>12s}", flush=True)
+    runs = [(m, u) for u in args.vocab_updates.split(",") for m in args.models.split(",")]
+    for preset, vocab_updates in runs:
+        row = time_model(preset, vocab_updates, args)
         result["rows"].append(row)
-        base = next((r for r in result["rows"] if r["model"] == "BIGLSTM"), None)
         for r in result["rows"]:
+            base = next((b for b in result["rows"] if b["model"] == "BIGLSTM"
+                         and b["vocab_updates"] == r["vocab_updates"]), None)
             r["ratio_vs_biglstm"] = round(r["words_per_s"] / base["words_per_s"], 3) if base else None
             paper_base = PAPER["BIGLSTM"]["words_per_s"]
             paper = PAPER[r["model"]]["words_per_s"]
             r["paper_ratio_vs_biglstm"] = round(paper / paper_base, 3) if paper else None
-        ratio = f"{row['ratio_vs_biglstm']:.2f}x" if base else "-"
-        print(f"{preset:10s} {row['words_per_s']:10,.0f} {row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} "
+        ratio = f"{row['ratio_vs_biglstm']:.2f}x" if row["ratio_vs_biglstm"] else "-"
+        print(f"{preset:10s} {vocab_updates:>6s} {row['words_per_s']:10,.0f} {row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} "
               f"{row['paper_words_per_s_4xV100'] or 0:8,} {row['rnn_params']:12,}", flush=True)
         if args.out:
             with open(args.out, "w") as f:

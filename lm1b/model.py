@@ -23,6 +23,7 @@ softmax, without dropout.
 """
 
 import math
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -43,6 +44,39 @@ _OPTIMIZERS = (
     lambda lr, s, **kw: keras.optimizers.RMSprop(lr, **kw),
     lambda lr, s, **kw: keras.optimizers.SGD(lr, **kw),
 )
+
+
+class VocabRows(NamedTuple):
+    """The rows of E, W and b that one training batch reads, as arrays of their own.
+
+    A batch of B·T tokens reads at most B·T rows of E and B·T + S rows of W
+    and b, out of V. A loss computed from these rows has the same value as
+    one computed from the whole matrices, and its gradient holds just those
+    rows: a trainer that differentiates with respect to them (JaxRunner)
+    never builds the dense V×d gradients, and its optimizer touches only
+    these rows. See :meth:`LanguageModel.vocab_rows`.
+
+    Fields (Ue = B·T, Us = B·T + S; ids sorted, padded at the end with V):
+        embedding_ids: int [Ue], the distinct ids of x.
+        softmax_ids: int [Us], the distinct ids of y and the sampled classes.
+        x_rows, y_rows, sampled_rows: where x, y and the sampled classes sit
+            in embedding_ids and softmax_ids.
+        expected_counts: the sampler's (true_expected_count [B·T],
+            sampled_expected_count [S]).
+        embedding: E[embedding_ids] [Ue, d] (a padding row repeats row V-1).
+        softmax_w: W[softmax_ids] [Us, p].
+        softmax_b: b[softmax_ids] [Us].
+    """
+
+    embedding_ids: object
+    softmax_ids: object
+    x_rows: object
+    y_rows: object
+    sampled_rows: object
+    expected_counts: tuple
+    embedding: object
+    softmax_w: object
+    softmax_b: object
 
 
 @keras.saving.register_keras_serializable(package="lm1b")
@@ -115,15 +149,22 @@ class LanguageModel(keras.Model):
             for _ in range(hps.num_layers)
         ]
 
-    def call(self, x, states, training=False):
+    def call(self, x, states, training=False, rows=None):
         """Returns the last layer's outputs [B, T, p] and the new states.
 
         Args:
             x: int [B, T] word ids.
             states: one ``[h, c]`` per layer, as :meth:`initial_state`.
             training: apply dropout.
+            rows: optional :class:`VocabRows` of this x: E[x] is read from
+                its ``embedding`` rows instead of the whole E.
         """
-        h = self.dropouts[0](self.embedding(x), training=training)
+        if rows is None:
+            embedded = self.embedding(x)
+        else:
+            embedded = ops.cast(ops.take(rows.embedding, ops.reshape(rows.x_rows, ops.shape(x)), axis=0),
+                                self.embedding.compute_dtype)
+        h = self.dropouts[0](embedded, training=training)
         new_states = []
         for rnn, dropout, state in zip(self.rnns, self.dropouts[1:], states):
             out, h_last, c_last = rnn(h, initial_state=list(state), training=training)
@@ -133,7 +174,41 @@ class LanguageModel(keras.Model):
             new_states.append([h_last, c_last])
         return h, new_states
 
-    def loss_sums(self, x, y, w, states, training=False):
+    def vocab_rows(self, x, y):
+        """Draws the sampled classes (from ``sampler_seed``, as :meth:`loss_sums`
+        does) and gathers the rows of E, W and b that a training batch reads.
+
+        Args:
+            x, y: int [B, T] inputs and targets.
+
+        Returns:
+            A :class:`VocabRows`, for ``loss_sums(..., training=True, rows=...)``.
+        """
+        hps = self.hparams
+        if not hps.num_sampled:
+            raise ValueError("vocab_rows needs num_sampled > 0: the full softmax reads every row of W.")
+        x = ops.reshape(x, (-1,))
+        labels = ops.reshape(y, (-1,))
+        sampled, true_count, sampled_count = softmax.log_uniform_candidate_sampler(
+            labels, hps.num_sampled, hps.vocab_size, seed=self.sampler_seed)
+        targets = ops.concatenate([labels, ops.cast(sampled, labels.dtype)], axis=0)
+        # Sorted, padded with V: a fixed size, as XLA needs.
+        embedding_ids, x_rows = ops.unique(
+            x, size=x.shape[0], fill_value=hps.vocab_size, return_inverse=True)
+        softmax_ids, target_rows = ops.unique(
+            targets, size=targets.shape[0], fill_value=hps.vocab_size, return_inverse=True)
+
+        def gather(table, ids):
+            return ops.take(table, ops.minimum(ids, hps.vocab_size - 1), axis=0)
+
+        return VocabRows(
+            embedding_ids, softmax_ids, x_rows,
+            target_rows[: labels.shape[0]], target_rows[labels.shape[0]:], (true_count, sampled_count),
+            gather(self.embedding.embeddings, embedding_ids),
+            gather(self.softmax_w, softmax_ids), gather(self.softmax_b, softmax_ids),
+        )
+
+    def loss_sums(self, x, y, w, states, training=False, rows=None):
         """Summed softmax cross-entropy over the real tokens of one batch.
 
             loss_sum = Σ_t w_t·ℓ_t,   tokens = Σ_t w_t
@@ -142,17 +217,31 @@ class LanguageModel(keras.Model):
         num_sampled > 0 (candidates from ``sampler_seed``), else the full
         softmax; without, always the full softmax (chunked over V).
 
+        ``rows`` (training with num_sampled > 0 only): this batch's
+        :meth:`vocab_rows`. The loss then reads E, W and b through them only,
+        and its sampled classes are the ones drawn there: the sampled
+        softmax over the Us gathered rows, with each row's expected count,
+        is the same loss as over all V.
+
         Returns:
             (loss_sum, tokens, new_states); the mean loss is loss_sum / tokens.
         """
         hps = self.hparams
-        h, new_states = self(x, states, training=training)
+        if rows is not None and not (training and hps.num_sampled):
+            raise ValueError("rows= is for training with the sampled softmax (num_sampled > 0).")
+        h, new_states = self(x, states, training=training, rows=rows)
         h = ops.reshape(h, (-1, hps.projected_size))
         labels = ops.reshape(y, (-1,))
         weights = ops.cast(ops.reshape(w, (-1,)), "float32")
         softmax_w = ops.convert_to_tensor(self.softmax_w)
         softmax_b = ops.convert_to_tensor(self.softmax_b)
-        if training and hps.num_sampled:
+        if rows is not None:
+            losses = softmax.sampled_softmax_loss(
+                rows.softmax_w, rows.softmax_b, rows.y_rows, h,
+                hps.num_sampled, rows.softmax_w.shape[0],
+                sampled_values=(rows.sampled_rows, *rows.expected_counts),
+            )
+        elif training and hps.num_sampled:
             losses = softmax.sampled_softmax_loss(
                 softmax_w, softmax_b, labels, h,
                 hps.num_sampled, hps.vocab_size, seed=self.sampler_seed,
@@ -229,7 +318,9 @@ def flm_gradients(model, grads, tokens):
 
         g = (s·T / N) · ∇(Σ w·ℓ),    g_E = B · g_E.
 
-    ``grads`` follows ``model.trainable_variables``; ``tokens`` is N.
+    ``grads`` follows ``model.trainable_variables`` (an entry may also be
+    the gradient of just the rows of that variable that a batch reads, as
+    with :class:`VocabRows`); ``tokens`` is N.
     """
     hps = model.hparams
     scale = hps.loss_scale * hps.num_steps / ops.maximum(tokens, 1.0)

@@ -262,7 +262,8 @@ def _print_setup(hps, runner):
     total = sum(math.prod(v.shape) for v in runner.model.trainable_variables)
     print(f"{hps.cell_type} model: {rnn:,} RNN parameters, {total:,} in all; "
           f"{runner.num_replicas} replica(s) x {hps.batch_size} rows x "
-          f"{hps.num_steps} steps on {keras.backend.backend()}.", flush=True)
+          f"{hps.num_steps} steps on {keras.backend.backend()}; vocabulary updates "
+          f"{'sparse (the rows each batch reads)' if runner.sparse_vocab else 'dense'}.", flush=True)
     print(f"hparams: {json.dumps(hps.to_dict())}", flush=True)
 
 

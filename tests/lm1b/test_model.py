@@ -142,6 +142,50 @@ def test_sampled_softmax_training_loss():
     assert sampled[0] != pytest.approx(full) and 0.3 * full < sampled[0] < 1.5 * full
 
 
+def test_vocab_rows_gather_the_distinct_ids_in_order():
+    model = _model(SMALL)
+    x, y = _ids((3, 4)), _ids((3, 4), seed=1)
+    rows = model.vocab_rows(x, y)
+    emb_ids, sm_ids = (ops.convert_to_numpy(i) for i in (rows.embedding_ids, rows.softmax_ids))
+    assert emb_ids.shape == (12,) and sm_ids.shape == (12 + 10,)
+    for ids, want in ((emb_ids, x), (sm_ids, np.concatenate([y.ravel(), ops.convert_to_numpy(
+            ops.take(rows.softmax_ids, rows.sampled_rows))]))):
+        distinct = np.unique(want)
+        np.testing.assert_array_equal(ids[: len(distinct)], distinct)
+        assert (ids[len(distinct):] == 50).all()  # padded with V
+    np.testing.assert_array_equal(emb_ids[ops.convert_to_numpy(rows.x_rows)], x.ravel())
+    np.testing.assert_array_equal(sm_ids[ops.convert_to_numpy(rows.y_rows)], y.ravel())
+    assert len(set(sm_ids[ops.convert_to_numpy(rows.sampled_rows)])) == 10
+    np.testing.assert_array_equal(_np(rows.softmax_w), _np(model.softmax_w)[np.minimum(sm_ids, 49)])
+    np.testing.assert_array_equal(_np(rows.embedding), _np(model.embedding.embeddings)[np.minimum(emb_ids, 49)])
+
+
+def test_loss_through_vocab_rows_equals_the_dense_loss():
+    """Same sampled classes (the sampler's seed state is rewound): reading
+    E, W and b through the gathered rows changes nothing."""
+    model = _model(SMALL + ",keep_prob=1,num_layers=2")
+    x, y = _ids((3, 4)), _ids((3, 4), seed=1)
+    w = np.ones((3, 4), "float32")
+    w[1, 2:] = 0.0
+    states = model.initial_state(3)
+    seed_state = ops.convert_to_numpy(model.sampler_seed.state.value)
+    rows = model.vocab_rows(x, y)
+    sparse = model.loss_sums(x, y, w, states, training=True, rows=rows)
+    model.sampler_seed.state.assign(seed_state)
+    dense = model.loss_sums(x, y, w, states, training=True)
+    assert float(sparse[0]) == pytest.approx(float(dense[0]), rel=1e-6)
+    for a, b in zip(sparse[2], dense[2]):
+        np.testing.assert_allclose(_np(a[0]), _np(b[0]), atol=1e-6)
+    # The rows are what the loss reads: other values there change it.
+    moved = rows._replace(softmax_w=rows.softmax_w + np.random.default_rng(0).normal(size=(22, 8)).astype("float32"))
+    assert float(model.loss_sums(x, y, w, states, training=True, rows=moved)[0]) != pytest.approx(
+        float(sparse[0]), rel=1e-3)
+    with pytest.raises(ValueError, match="rows= is for training with the sampled softmax"):
+        model.loss_sums(x, y, w, states, rows=rows)
+    with pytest.raises(ValueError, match="vocab_rows needs num_sampled > 0"):
+        _model(SMALL.replace("num_sampled=10", "num_sampled=0")).vocab_rows(x, y)
+
+
 def test_float16_is_rejected_with_the_fix():
     with pytest.raises(ValueError, match="float16_rnn=True.*Set float16_rnn=false"):
         LanguageModel(HParams.parse(SMALL + ",float16_rnn=true"))

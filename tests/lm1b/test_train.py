@@ -247,6 +247,55 @@ def test_four_jax_devices_match_one_on_the_same_global_batch():
     _assert_states_carried(result["0.05"]["one"], result["reset"])
 
 
+_SPARSE_VOCAB = r"""
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+import json, keras, numpy as np
+from lm1b.hparams import HParams
+from lm1b.runners import JaxRunner
+
+hps = HParams.parse("vocab_size=1543,emb_size=16,state_size=32,projected_size=16,batch_size=4,"
+                    "num_steps=6,keep_prob=0.8,num_sampled=64,num_gpus=2,average_params=true")
+rng = np.random.default_rng(0)
+batches = []
+for _ in range(3):
+    x = rng.integers(0, 1543, (8, 6)).astype("int32")
+    batches.append((x, np.roll(x, -1, 1), (rng.random(x.shape) > 0.2).astype("float32")))
+result = {}
+for sparse in (False, None):
+    keras.utils.set_random_seed(1)
+    runner = JaxRunner(hps, sparse_vocab=sparse)
+    losses = [float(runner.train_step(tuple(runner.shard(a) for a in b))[0]) for b in batches]
+    runner.sync()
+    result[str(runner.sparse_vocab)] = {"losses": losses, "values": [
+        v.numpy().tolist() for v in runner.model.weights + runner.optimizers[1].variables]}
+adam = HParams.parse("vocab_size=1543,emb_size=16,state_size=32,projected_size=16,batch_size=4,"
+                     "num_steps=6,num_sampled=64,num_gpus=2,optimizer=2")
+result["adam_default"] = JaxRunner(adam).sparse_vocab
+try:
+    JaxRunner(adam, sparse_vocab=True)
+except ValueError as e:
+    result["adam_error"] = str(e)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.tf_backend
+def test_jax_sparse_vocabulary_updates_equal_the_dense_ones():
+    """Two JAX devices, sampled softmax, dropout, padding: updating only the
+    rows the batch reads (Adagrad) leaves every weight and accumulator as
+    the dense update does; Adam, which moves zero-gradient rows, keeps the
+    dense update."""
+    result = _python(_SPARSE_VOCAB, backend="jax")
+    dense, sparse = result["False"], result["True"]
+    np.testing.assert_allclose(sparse["losses"], dense["losses"], rtol=1e-6)
+    assert len(set(dense["losses"])) == 3
+    for a, b in zip(sparse["values"], dense["values"]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert result["adam_default"] is False
+    assert "optimizer=2" in result["adam_error"] and "sparse_vocab=None" in result["adam_error"]
+
+
 @pytest.mark.tf_backend
 def test_jax_checkpoint_evaluates_the_same_on_tensorflow(tmp_path):
     common = ["--datadir", TINY_CORPUS, "--logdir", str(tmp_path)]
