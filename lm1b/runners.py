@@ -16,6 +16,7 @@ import numpy as np
 
 from lm1b import data
 from lm1b.model import build_model_and_optimizers
+from lm1b.model import VocabRows
 from lm1b.model import build_optimizers
 from lm1b.model import flm_gradients
 
@@ -207,7 +208,9 @@ class JaxRunner:
     The whole step (forward, backward, both optimizers) is one ``jax.jit``
     function of the weight, optimizer and state arrays; the global batch and
     the LSTM states are sharded over the devices by rows, the weights are
-    replicated, and XLA inserts the gradient all-reduce. The arrays live in
+    replicated. Each device computes the gradients of its rows
+    (``jax.shard_map``), they are summed over the devices (``psum``), and
+    every device applies the same update. The arrays live in
     the runner between :meth:`load` and :meth:`sync`, not in the Keras
     variables (their buffers are donated to the step).
 
@@ -253,11 +256,16 @@ class JaxRunner:
         # type from its inputs and the step would compile twice.
         mesh = jax.sharding.Mesh(self.distribution.device_mesh.devices,
                                  self.distribution.device_mesh.axis_names)
+        self._mesh, self._axis = mesh, mesh.axis_names[0]
         self._replicated = replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self._rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
         rows = hps.batch_size * self.num_replicas
         self.states = [[self.shard(s) for s in layer] for layer in self.model.initial_state(rows)]
         self._lstm, self._other = _indices(self.model)
+        # All non-trainable variables are seed states; this one draws the
+        # sampled classes, shared by the global batch.
+        self._sampler_seed = next(i for i, v in enumerate(self.model.non_trainable_variables)
+                                  if v is self.model.sampler_seed.state)
         self.sparse_vocab = _check_sparse_vocab(hps, rows, sparse_vocab)
         if self.sparse_vocab:
             model = self.model
@@ -323,6 +331,60 @@ class JaxRunner:
         if self.sparse_vocab:
             rows, non_trainable = stateless_call(
                 model, trainable, non_trainable, lambda: model.vocab_rows(x, y))
+        by_rows, whole = jax.sharding.PartitionSpec(self._axis), jax.sharding.PartitionSpec()
+        # x_rows, y_rows and the labels' expected counts follow the batch rows.
+        rows_spec = whole if rows is None else VocabRows(
+            whole, whole, by_rows, by_rows, whole, (by_rows, whole), whole, whole, whole)
+        replica_gradients = jax.shard_map(
+            self._replica_gradients, mesh=self._mesh,
+            in_specs=(whole, whole, rows_spec, by_rows, by_rows, by_rows, by_rows),
+            out_specs=(whole, whole, whole, whole, by_rows, whole),
+            check_vma=False,  # the seed states leave every replica equal
+        )
+        loss_sum, tokens, lstm_grads, other_grads, states, non_trainable = replica_gradients(
+            trainable, non_trainable, rows, x, y, w, states)
+        grads = [None] * len(trainable)
+        for index, values in ((self._lstm, lstm_grads), (self._other, other_grads)):
+            for i, g in zip(index, values):
+                grads[i] = g
+        grads = flm_gradients(model, grads, tokens)
+        new_trainable = list(trainable)
+        updated, lstm_vars = lstm_opt.stateless_apply(
+            lstm_vars, [grads[i] for i in self._lstm], [trainable[i] for i in self._lstm])
+        for i, value in zip(self._lstm, updated):
+            new_trainable[i] = value
+        other_grads = [grads[i] for i in self._other]
+        tables = [trainable[i] for i in self._other]
+        if rows is None:
+            updated, other_vars = other_opt.stateless_apply(other_vars, other_grads, tables)
+        else:
+            row_values = [getattr(rows, field) for field, _ in self._vocab_tables]
+            updated, other_vars = self._apply_to_rows(rows, other_vars, other_grads, row_values, tables)
+        for i, value in zip(self._other, updated):
+            new_trainable[i] = value
+        return (new_trainable, non_trainable, lstm_vars, other_vars), loss_sum, tokens, states
+
+    def _replica_gradients(self, trainable, non_trainable, rows, x, y, w, states):
+        """One device's rows of the batch: its loss and gradients, summed over
+        the devices (``jax.shard_map``). Every device computes on its own rows
+        alone, as f-lm's towers do; left to XLA's SPMD partitioner, the fused
+        layers' [T, B] → [T·B] reshapes of batch-sharded activations made it
+        gather them across devices.
+
+        The gradients are those of the LSTM weights and of the vocabulary
+        tables, or of their ``rows`` when given. Each device draws its own
+        dropout masks (its seeds offset as on TensorFlow); the sampled
+        classes are the global batch's one draw.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        model = self.model
+        replica = jax.lax.axis_index(self._axis)
+        offsets = [jnp.zeros_like(v) if i == self._sampler_seed else
+                   jnp.zeros_like(v).at[0].set(replica * _REPLICA_SEED_STRIDE)
+                   for i, v in enumerate(non_trainable)]
+        non_trainable = [v + o for v, o in zip(non_trainable, offsets)]
         lstm_values = [trainable[i] for i in self._lstm]
         if rows is None:
             other_values = [trainable[i] for i in self._other]
@@ -347,25 +409,10 @@ class JaxRunner:
 
         (loss_sum, (tokens, states, non_trainable)), (lstm_grads, other_grads) = jax.value_and_grad(
             objective, argnums=(0, 1), has_aux=True)(lstm_values, other_values)
-        grads = [None] * len(trainable)
-        for index, values in ((self._lstm, lstm_grads), (self._other, other_grads)):
-            for i, g in zip(index, values):
-                grads[i] = g
-        grads = flm_gradients(model, grads, tokens)
-        new_trainable = list(trainable)
-        updated, lstm_vars = lstm_opt.stateless_apply(
-            lstm_vars, [grads[i] for i in self._lstm], lstm_values)
-        for i, value in zip(self._lstm, updated):
-            new_trainable[i] = value
-        other_grads = [grads[i] for i in self._other]
-        if rows is None:
-            updated, other_vars = other_opt.stateless_apply(other_vars, other_grads, other_values)
-        else:
-            updated, other_vars = self._apply_to_rows(
-                rows, other_vars, other_grads, other_values, [trainable[i] for i in self._other])
-        for i, value in zip(self._other, updated):
-            new_trainable[i] = value
-        return (new_trainable, non_trainable, lstm_vars, other_vars), loss_sum, tokens, states
+        non_trainable = [v - o for v, o in zip(non_trainable, offsets)]
+        loss_sum, tokens, lstm_grads, other_grads = jax.lax.psum(
+            (loss_sum, tokens, lstm_grads, other_grads), self._axis)
+        return loss_sum, tokens, lstm_grads, other_grads, states, non_trainable
 
     def _build_row_optimizer(self, rows):
         """The vocabulary optimizer's twin, built on row-sized variables.
