@@ -382,7 +382,7 @@ class JaxRunner:
         model = self.model
         replica = jax.lax.axis_index(self._axis)
         offsets = [jnp.zeros_like(v) if i == self._sampler_seed else
-                   jnp.zeros_like(v).at[0].set(replica * _REPLICA_SEED_STRIDE)
+                   jnp.zeros_like(v).at[0].set((replica * _REPLICA_SEED_STRIDE).astype(v.dtype))
                    for i, v in enumerate(non_trainable)]
         non_trainable = [v + o for v, o in zip(non_trainable, offsets)]
         lstm_values = [trainable[i] for i in self._lstm]
