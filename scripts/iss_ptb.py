@@ -16,18 +16,25 @@ Phases, each optional through its epoch count:
 2. ISS: starts from the baseline (as Wen et al.'s run.sh; `--iss_init
    scratch` to start fresh), keep 0.6, loss + λ·Σ_k ‖component_k‖₂ with
    λ = 0.00245, and `iss.ZeroOut(1e-4)` after every batch; lr 1.0 × 0.1 every
-   epochs//3 epochs (their "sparselarge" schedule).
+   epochs//3 epochs (their "sparselarge" schedule). The decays matter: at
+   lr 1.0 a dead component oscillates about zero by lr·λ per step, too much
+   for ZeroOut; the smaller steps after them let it settle at exact zeros.
 3. prune: `iss.prune` builds the smaller dense model (same perplexity).
 4. fine-tune (optional, `--finetune_epochs`): the pruned model, no penalty.
 5. direct design: the pruned sizes trained from scratch (keep 0.55, the
    baseline's schedule).
 
+`--strength` may list several λ (`0.002,0.004`): phases 2-4 then run for
+each from the same baseline, and the direct design and timing use the run
+that cuts the most hidden units within `--ppl_budget` (1%) of the
+baseline's validation perplexity (or, if none does, the lowest perplexity).
+
 Reports hidden sizes, parameter counts, mult-adds per word, valid/test
 perplexity (token-weighted, state carried across batches, batch 20 × 35
 steps), and the inference time of the whole model at batch 10 × 30 steps
 (jitted forward pass, median of `--timing_runs`) before and after pruning,
-with the speedup, on the current backend and device. Writes all of it as
-JSON to `--out`.
+with the speedup, on the current backend's default device and, on JAX with
+an accelerator, on the CPU too. Writes all of it as JSON to `--out`.
 
 Data (`--data_dir`): one sentence per line, words split on whitespace,
 `<eos>` appended to every line (as Zaremba's reader). Either
@@ -290,16 +297,18 @@ def evaluate(name, model, data, args, embed, vocab_size):
 # --- inference timing --------------------------------------------------------
 
 
-def forward_fn(model):
-    """A compiled forward pass `f(x)` that returns when the logits are computed."""
+def forward_fn(model, device=None):
+    """A compiled forward pass `f(x)` that returns when the logits are computed
+    (on JAX, on `device` if given)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
+        trainable, non_trainable = jax.device_put(
+            ([v.value for v in model.trainable_variables],
+             [v.value for v in model.non_trainable_variables]), device)
         run = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0])
-        return lambda x: run(trainable, non_trainable, x).block_until_ready()
+        return lambda x: run(trainable, non_trainable, jax.device_put(x, device)).block_until_ready()
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -308,7 +317,20 @@ def forward_fn(model):
     return lambda x: ops.convert_to_numpy(model(x, training=False))
 
 
-def inference_ms(models, embed, vocab_size, args):
+def timing_devices():
+    """{name: device} to time on: the default device, and the CPU as well on
+    JAX with an accelerator (None: the backend's default)."""
+    if keras.backend.backend() != "jax":
+        return {"default": None}
+    import jax
+
+    default = jax.devices()[0]
+    devices = {default.platform: default}
+    devices.setdefault("cpu", jax.devices("cpu")[0])
+    return devices
+
+
+def inference_ms(models, embed, vocab_size, args, device=None):
     """Median ms of one forward pass of each model at batch `--timing_batch` × `--timing_steps`.
 
     The models run in turns, so that load from other processes falls on all
@@ -320,7 +342,7 @@ def inference_ms(models, embed, vocab_size, args):
     for model in models:
         copy = build_lm(vocab_size, embed, hidden_sizes(model), 1.0, 0.04, b, t, stateful=False)
         copy.set_weights(model.get_weights())
-        runs.append(forward_fn(copy))
+        runs.append(forward_fn(copy, device))
         for _ in range(3):  # compile and warm up
             runs[-1](x)
     times = [[] for _ in runs]
@@ -374,7 +396,10 @@ def parse_args(argv=None):
     p.add_argument("--keep", type=float, default=0.35, help="Baseline dropout keep probability.")
     p.add_argument("--iss_keep", type=float, default=0.6)
     p.add_argument("--direct_keep", type=float, default=0.55)
-    p.add_argument("--strength", type=float, default=0.00245, help="Group-lasso λ.")
+    p.add_argument("--strength", type=_strengths, default=[0.00245],
+                   help="Group-lasso λ, or a comma-separated list of λ to sweep.")
+    p.add_argument("--ppl_budget", type=float, default=0.01,
+                   help="Relative validation-perplexity rise over the baseline a sweep's pick may have.")
     p.add_argument("--zero_threshold", type=float, default=1e-4)
     p.add_argument("--iss_init", choices=["baseline", "scratch"], default="baseline")
     p.add_argument("--iss_lr_decay", type=float, default=0.1, help="ISS lr factor every max(epochs//3, 1) epochs.")
@@ -389,6 +414,25 @@ def parse_args(argv=None):
     p.add_argument("--save_dir", help="Saves the baseline, ISS, pruned and direct models (.keras) here.")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+def _strengths(text):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected λ values like 0.00245 or 0.002,0.004; got {text!r}")
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every λ must be > 0 (the penalty's strength); got {text!r}")
+    return values
+
+
+def pick(runs, baseline_ppl, budget):
+    """The run that cuts the most hidden units with a final validation
+    perplexity within `budget` of the baseline's; else the lowest perplexity."""
+    within = [r for r in runs if r["final"]["valid_ppl"] <= baseline_ppl * (1 + budget)]
+    if within:
+        return min(within, key=lambda r: (sum(r["final"]["hidden"]), r["final"]["valid_ppl"]))
+    return min(runs, key=lambda r: r["final"]["valid_ppl"])
 
 
 def main(argv=None):
@@ -430,26 +474,38 @@ def main(argv=None):
     results["baseline"] = evaluate("baseline", baseline, data, args, h, v)
     save(baseline, "baseline")
 
-    model = build([h] * args.layers, args.iss_keep)
-    if args.iss_init == "baseline":
-        model.set_weights(baseline.get_weights())
-    results["iss_training"] = train("iss", model, data, args, epochs["iss"], iss_schedule, args.strength)
-    report = iss.sparsity_report(model)
-    print(report, flush=True)
-    results["sparsity"] = report.as_dict()
-    results["iss"] = evaluate("iss", model, data, args, h, v)
-    save(model, "iss")
-
-    pruned = iss.prune(model, args.prune_threshold)
-    results["pruned"] = evaluate("pruned", pruned, data, args, h, v)
-    save(pruned, "pruned")
-    small = hidden_sizes(pruned)
-
-    if args.finetune_epochs > 0:
-        results["finetune_training"] = train("finetune", pruned, data, args, args.finetune_epochs,
+    runs = []
+    for strength in args.strength:
+        tag = f"λ={strength:g}"
+        model = build([h] * args.layers, args.iss_keep)
+        if args.iss_init == "baseline":
+            model.set_weights(baseline.get_weights())
+        run = {"strength": strength}
+        run["iss_training"] = train("iss", model, data, args, epochs["iss"], iss_schedule, strength)
+        report = iss.sparsity_report(model)
+        print(report, flush=True)
+        run["sparsity"] = report.as_dict()
+        run["iss"] = evaluate(f"iss {tag}", model, data, args, h, v)
+        pruned = iss.prune(model, args.prune_threshold)
+        run["pruned"] = evaluate(f"pruned {tag}", pruned, data, args, h, v)
+        run["final"] = run["pruned"]
+        if args.finetune_epochs > 0:
+            run["finetune_training"] = train("finetune", pruned, data, args, args.finetune_epochs,
                                              lambda epoch: args.finetune_lr)
-        results["finetuned"] = evaluate("finetuned", pruned, data, args, h, v)
-        save(pruned, "finetuned")
+            run["finetuned"] = run["final"] = evaluate(f"finetuned {tag}", pruned, data, args, h, v)
+        run["models"] = (model, pruned)
+        runs.append(run)
+    best = pick(runs, results["baseline"]["valid_ppl"], args.ppl_budget)
+    print(f"picked λ={best['strength']:g}: hidden {best['final']['hidden']}, "
+          f"valid ppl {best['final']['valid_ppl']}", flush=True)
+    model, pruned = best.pop("models")
+    for run in runs:
+        run.pop("models", None)
+    results["iss_runs"] = runs
+    results.update({k: best[k] for k in ("strength", "sparsity", "iss", "pruned", "finetuned") if k in best})
+    save(model, "iss")
+    save(pruned, "finetuned" if args.finetune_epochs > 0 else "pruned")
+    small = hidden_sizes(pruned)
 
     if epochs["direct"] > 0:
         direct = build(small, args.direct_keep)
@@ -457,15 +513,17 @@ def main(argv=None):
         results["direct_design"] = evaluate("direct", direct, data, args, h, v)
         save(direct, "direct")
 
-    before, after = inference_ms([baseline, pruned], h, v, args)
-    results["inference"] = {
-        "batch": args.timing_batch, "steps": args.timing_steps, "runs": args.timing_runs,
-        "baseline_ms": round(before, 3), "pruned_ms": round(after, 3), "speedup": round(before / after, 3),
-        "mult_add_reduction": round(results["baseline"]["mult_adds_per_word"] / results["pruned"]["mult_adds_per_word"], 3),
-    }
+    results["inference"] = {"batch": args.timing_batch, "steps": args.timing_steps, "runs": args.timing_runs}
+    mult_add_reduction = results["baseline"]["mult_adds_per_word"] / results["pruned"]["mult_adds_per_word"]
+    for name, device in timing_devices().items():
+        before, after = inference_ms([baseline, pruned], h, v, args, device)
+        results["inference"][name] = {"baseline_ms": round(before, 3), "pruned_ms": round(after, 3),
+                                      "speedup": round(before / after, 3)}
+        print(f"inference on {name} at batch {args.timing_batch} × {args.timing_steps} steps: baseline "
+              f"{before:.3f} ms, pruned {after:.3f} ms, speedup {before / after:.2f}×; hidden "
+              f"{[h] * args.layers} -> {small}", flush=True)
+    results["inference"]["mult_add_reduction"] = round(mult_add_reduction, 3)
     results["total_seconds"] = round(time.time() - started, 1)
-    print(f"inference at batch {args.timing_batch} × {args.timing_steps} steps: baseline {before:.3f} ms, "
-          f"pruned {after:.3f} ms, speedup {before / after:.2f}×; hidden {[h] * args.layers} -> {small}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

@@ -562,17 +562,36 @@ def test_script_batches_continue_each_row():
     assert x.shape == (4 * ((250 - 1) // 7), 7)
 
 
+def test_script_picks_the_biggest_cut_within_the_perplexity_budget():
+    script = load_script()
+
+    def run(strength, hidden, ppl):
+        return {"strength": strength, "final": {"hidden": hidden, "valid_ppl": ppl}}
+
+    runs = [run(1, [300, 300], 100.5), run(2, [200, 100], 100.9), run(3, [50, 50], 104.0)]
+    assert script.pick(runs, 100.0, 0.01)["strength"] == 2
+    assert script.pick(runs, 100.0, 0.05)["strength"] == 3
+    assert script.pick(runs, 90.0, 0.01)["strength"] == 1  # none within: the lowest perplexity
+    with pytest.raises(SystemExit):
+        script.parse_args(["--data_dir", "x", "--out", "y", "--strength", "0.01,-1"])
+
+
 def test_script_runs_end_to_end(tmp_path):
     script = load_script()
     write_ptb(tmp_path)
     out = tmp_path / "iss.json"
     script.main(
         ["--data_dir", str(tmp_path), "--out", str(out), "--hidden", "16", "--epochs", "1", "--max_steps", "3",
-         "--num_steps", "5", "--batch_size", "4", "--timing_runs", "1", "--strength", "0.01"]
+         "--num_steps", "5", "--batch_size", "4", "--timing_runs", "1", "--strength", "0.01,0.02",
+         "--finetune_epochs", "1"]
     )
     result = json.load(open(out))
     assert result["backend"] == keras.backend.backend()
     assert result["iss"]["valid_ppl"] == result["pruned"]["valid_ppl"]
+    assert [r["strength"] for r in result["iss_runs"]] == [0.01, 0.02]
+    assert result["strength"] in (0.01, 0.02) and "finetuned" in result
+    timing = result["inference"]["cpu" if keras.backend.backend() == "jax" else "default"]
+    assert timing["speedup"] == pytest.approx(timing["baseline_ms"] / timing["pruned_ms"], rel=1e-2)
     # Vocabulary 30 words + <eos> + <unk>: embedding, 2 LSTMs of 16, softmax.
     assert result["baseline"]["params"] == 32 * 16 + 2 * (4 * 16 * (16 + 16) + 64) + 16 * 32 + 32
     for key in ("baseline", "iss", "pruned", "direct_design", "inference", "sparsity", "command", "machine"):
