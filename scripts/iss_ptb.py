@@ -20,7 +20,8 @@ Phases, each optional through its epoch count:
    lr 1.0 a dead component oscillates about zero by lr·λ per step, too much
    for ZeroOut; the smaller steps after them let it settle at exact zeros.
 3. prune: `iss.prune` builds the smaller dense model (same perplexity).
-4. fine-tune (optional, `--finetune_epochs`): the pruned model, no penalty.
+4. fine-tune (optional, `--finetune_epochs`): the pruned model, no penalty,
+   lr `--finetune_lr` × `--finetune_lr_decay` per epoch.
 5. direct design: the pruned sizes trained from scratch (keep 0.55, the
    baseline's schedule).
 
@@ -393,6 +394,7 @@ def parse_args(argv=None):
     p.add_argument("--direct_epochs", type=int, help="Overrides --epochs for the direct design (0 skips it).")
     p.add_argument("--finetune_epochs", type=int, default=0)
     p.add_argument("--finetune_lr", type=float, default=0.1)
+    p.add_argument("--finetune_lr_decay", type=float, default=1.0, help="Per-epoch factor of the fine-tuning lr.")
     p.add_argument("--keep", type=float, default=0.35, help="Baseline dropout keep probability.")
     p.add_argument("--iss_keep", type=float, default=0.6)
     p.add_argument("--direct_keep", type=float, default=0.55)
@@ -491,7 +493,7 @@ def main(argv=None):
         run["final"] = run["pruned"]
         if args.finetune_epochs > 0:
             run["finetune_training"] = train("finetune", pruned, data, args, args.finetune_epochs,
-                                             lambda epoch: args.finetune_lr)
+                                             lambda epoch: args.finetune_lr * args.finetune_lr_decay ** epoch)
             run["finetuned"] = run["final"] = evaluate(f"finetuned {tag}", pruned, data, args, h, v)
         run["models"] = (model, pruned)
         runs.append(run)
