@@ -96,6 +96,9 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    bad = set(args.vocab_updates.split(",")) - {"sparse", "dense"}
+    if bad:
+        parser.error(f"--vocab_updates takes sparse, dense or sparse,dense; got {args.vocab_updates!r}")
     if keras.backend.backend() != "jax":
         parser.error("run with KERAS_BACKEND=jax: this measures the JAX DataParallel step")
     import jax

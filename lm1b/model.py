@@ -149,21 +149,18 @@ class LanguageModel(keras.Model):
             for _ in range(hps.num_layers)
         ]
 
-    def call(self, x, states, training=False, rows=None):
+    def call(self, x, states, training=False, embedded=None):
         """Returns the last layer's outputs [B, T, p] and the new states.
 
         Args:
             x: int [B, T] word ids.
             states: one ``[h, c]`` per layer, as :meth:`initial_state`.
             training: apply dropout.
-            rows: optional :class:`VocabRows` of this x: E[x] is read from
-                its ``embedding`` rows instead of the whole E.
+            embedded: optional E[x] [B, T, d], computed by the caller
+                (:meth:`loss_sums` reads it from :class:`VocabRows`).
         """
-        if rows is None:
+        if embedded is None:
             embedded = self.embedding(x)
-        else:
-            embedded = ops.cast(ops.take(rows.embedding, ops.reshape(rows.x_rows, ops.shape(x)), axis=0),
-                                self.embedding.compute_dtype)
         h = self.dropouts[0](embedded, training=training)
         new_states = []
         for rnn, dropout, state in zip(self.rnns, self.dropouts[1:], states):
@@ -229,7 +226,14 @@ class LanguageModel(keras.Model):
         hps = self.hparams
         if rows is not None and not (training and hps.num_sampled):
             raise ValueError("rows= is for training with the sampled softmax (num_sampled > 0).")
-        h, new_states = self(x, states, training=training, rows=rows)
+        embedded = None
+        if rows is not None:
+            # Gathered here, not in call(): Keras would cast the rows passed to
+            # call() to the compute dtype first, and the gradient of a word
+            # repeated in the batch would then be summed in bfloat16.
+            embedded = ops.cast(ops.take(rows.embedding, ops.reshape(rows.x_rows, ops.shape(x)), axis=0),
+                                self.embedding.compute_dtype)
+        h, new_states = self(x, states, training=training, embedded=embedded)
         h = ops.reshape(h, (-1, hps.projected_size))
         labels = ops.reshape(y, (-1,))
         weights = ops.cast(ops.reshape(w, (-1,)), "float32")

@@ -20,9 +20,10 @@ from lm1b.model import VocabRows
 from lm1b.model import build_optimizers
 from lm1b.model import flm_gradients
 
-# Added to the first word of every seed state on TF replica r (times r), so
-# that replicas draw their own dropout masks and sampled classes, as f-lm's
-# towers do. Seeds are Keras's random ints below 1e9 (or the user's); a
+# Added to the first word of every seed state on TF replica r and JAX device
+# r (times r), so that replicas draw their own dropout masks, as f-lm's towers
+# do; on TF also their own sampled classes (JAX draws them once for the
+# global batch, so that the sparse vocabulary rows are shared). Seeds are Keras's random ints below 1e9 (or the user's); a
 # collision needs two of them to differ by a multiple of this prime.
 _REPLICA_SEED_STRIDE = 1_000_003
 
@@ -217,10 +218,11 @@ class JaxRunner:
     Sparse vocabulary updates (f-lm's TF1 graph had them as IndexedSlices):
     with the sampled softmax and a row-wise optimizer, the step differentiates
     with respect to the rows of E, W and b the batch reads
-    (:class:`lm1b.model.VocabRows`), all-reduces those (B·T·R + S rows, not
-    2·V), and runs the Keras optimizer on them and their gathered state. At
-    LM1B size that replaces ~6.5 GB of dense gradient, its all-reduce and a
-    dense Adagrad pass per step.
+    (:class:`lm1b.model.VocabRows`), all-reduces those (B·T·R rows of E and
+    B·T·R + S of W and b, not 2·V), and runs the Keras optimizer on them and
+    their gathered state (exactly the dense update, up to the order of float
+    sums). At LM1B size that replaces ~6.5 GB of dense gradient, its
+    all-reduce and a dense Adagrad pass per step.
 
     Args:
         hps: the HParams.

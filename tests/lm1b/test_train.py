@@ -250,7 +250,7 @@ def test_four_jax_devices_match_one_on_the_same_global_batch():
 _SPARSE_VOCAB = r"""
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
-import json, keras, numpy as np
+import dataclasses, json, keras, numpy as np
 from lm1b.hparams import HParams
 from lm1b.runners import JaxRunner
 
@@ -261,14 +261,21 @@ batches = []
 for _ in range(3):
     x = rng.integers(0, 1543, (8, 6)).astype("int32")
     batches.append((x, np.roll(x, -1, 1), (rng.random(x.shape) > 0.2).astype("float32")))
+# Repeated words and the last id (padding reads row V-1): the hard cases.
+batches[0][0][:, :3] = 1542
 result = {}
-for sparse in (False, None):
-    keras.utils.set_random_seed(1)
-    runner = JaxRunner(hps, sparse_vocab=sparse)
-    losses = [float(runner.train_step(tuple(runner.shard(a) for a in b))[0]) for b in batches]
-    runner.sync()
-    result[str(runner.sparse_vocab)] = {"losses": losses, "values": [
-        v.numpy().tolist() for v in runner.model.weights + runner.optimizers[1].variables]}
+for name, optimizer, policy in (("adagrad", 0, "float32"), ("sgd", 4, "float32"),
+                                ("bf16", 0, "mixed_bfloat16")):
+    keras.config.set_dtype_policy(policy)
+    for sparse in (False, None):
+        keras.utils.set_random_seed(1)
+        runner = JaxRunner(dataclasses.replace(hps, optimizer=optimizer), sparse_vocab=sparse)
+        losses = [float(runner.train_step(tuple(runner.shard(a) for a in b))[0]) for b in batches]
+        runner.sync()
+        result[f"{name}_{runner.sparse_vocab}"] = {"losses": losses, "values": [
+            v.numpy().astype("float32").tolist()
+            for v in runner.model.weights + runner.optimizers[1].variables]}
+keras.config.set_dtype_policy("float32")
 adam = HParams.parse("vocab_size=1543,emb_size=16,state_size=32,projected_size=16,batch_size=4,"
                      "num_steps=6,num_sampled=64,num_gpus=2,optimizer=2")
 result["adam_default"] = JaxRunner(adam).sparse_vocab
@@ -282,16 +289,17 @@ print(json.dumps(result))
 
 @pytest.mark.tf_backend
 def test_jax_sparse_vocabulary_updates_equal_the_dense_ones():
-    """Two JAX devices, sampled softmax, dropout, padding: updating only the
-    rows the batch reads (Adagrad) leaves every weight and accumulator as
-    the dense update does; Adam, which moves zero-gradient rows, keeps the
-    dense update."""
+    """Two JAX devices, sampled softmax, dropout, padding, a repeated word:
+    updating only the rows the batch reads (Adagrad, SGD; float32 and mixed
+    bfloat16) leaves every weight and accumulator as the dense update does;
+    Adam, which moves zero-gradient rows, keeps the dense update."""
     result = _python(_SPARSE_VOCAB, backend="jax")
-    dense, sparse = result["False"], result["True"]
-    np.testing.assert_allclose(sparse["losses"], dense["losses"], rtol=1e-6)
-    assert len(set(dense["losses"])) == 3
-    for a, b in zip(sparse["values"], dense["values"]):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    for name, tolerance in (("adagrad", 1e-6), ("sgd", 1e-6), ("bf16", 2e-5)):
+        dense, sparse = result[f"{name}_False"], result[f"{name}_True"]
+        np.testing.assert_allclose(sparse["losses"], dense["losses"], rtol=tolerance)
+        assert len(set(dense["losses"])) == 3
+        for a, b in zip(sparse["values"], dense["values"]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tolerance)
     assert result["adam_default"] is False
     assert "optimizer=2" in result["adam_error"] and "sparse_vocab=None" in result["adam_error"]
 
