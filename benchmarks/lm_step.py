@@ -104,7 +104,9 @@ def main():
     import jax
 
     result = {
-        "command": " ".join(["KERAS_BACKEND=jax", "python"] + sys.argv),
+        "command": " ".join(["KERAS_BACKEND=jax"]
+                            + ([f"XLA_FLAGS='{os.environ['XLA_FLAGS']}'"] if os.environ.get("XLA_FLAGS") else [])
+                            + ["python"] + sys.argv),
         "machine": f"{args.num_gpus}x {jax.devices()[0].device_kind}",
         "backend": "jax",
         "dtype": args.dtype,
