@@ -16,9 +16,9 @@ Phases, each optional through its epoch count:
 2. ISS: starts from the baseline (as Wen et al.'s run.sh; `--iss_init
    scratch` to start fresh), keep 0.6, loss + λ·Σ_k ‖component_k‖₂ with
    λ = 0.00245, and `iss.ZeroOut(1e-4)` after every batch; lr 1.0 × 0.1 every
-   epochs//3 epochs (their "sparselarge" schedule). The decays matter: at
-   lr 1.0 a dead component oscillates about zero by lr·λ per step, too much
-   for ZeroOut; the smaller steps after them let it settle at exact zeros.
+   epochs//3 epochs (their "sparselarge" schedule). The decays matter: on
+   our H200 runs units reached exact zeros only after the first one
+   (docs/iss.md).
 3. prune: `iss.prune` builds the smaller dense model (same perplexity).
 4. fine-tune (optional, `--finetune_epochs`): the pruned model, no penalty,
    lr `--finetune_lr` × `--finetune_lr_decay` per epoch.
