@@ -29,6 +29,7 @@ import tensorflow_text as tf_text
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lm1b import data, input_pipeline  # noqa: E402
+from machine_info import cpu_model  # noqa: E402
 
 TRAIN_PATTERN = os.path.join("training-monolingual.tokenized.shuffled", "*")
 
@@ -59,17 +60,6 @@ def time_tf_function(dataset, warmup, batches):
     start = time.perf_counter()
     consume(tf.constant(batches)).numpy()
     return time.perf_counter() - start
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main():
