@@ -5,6 +5,7 @@ need a fresh process (logical devices, SIGKILL, another backend) are
 subprocesses.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -451,3 +452,20 @@ def test_two_tf_workers_through_tf_config(tmp_path):
     assert "2 replica(s)" in outputs[0]
     assert checkpointing.latest_step(str(tmp_path)) == 30
     assert [r["step"] for r in _records(tmp_path)] == [10, 20, 30]
+
+
+@pytest.mark.parametrize("changes, rows, reason", [
+    ({"num_sampled": 0}, 4, "num_sampled=0"),
+    ({"optimizer": 1}, 4, "optimizer=1"),
+    ({"num_sampled": 1000}, 60, "not fewer than vocab_size=1543"),
+])
+def test_sparse_vocabulary_updates_only_where_they_equal_the_dense_ones(changes, rows, reason):
+    from lm1b.runners import _check_sparse_vocab
+
+    good = HParams.parse(TINY.replace("num_sampled=0", "num_sampled=64"))
+    assert _check_sparse_vocab(good, 4, None) is True and _check_sparse_vocab(good, 4, False) is False
+    hps = dataclasses.replace(good, **changes)
+    assert _check_sparse_vocab(hps, rows, None) is False
+    assert _check_sparse_vocab(hps, rows, False) is False
+    with pytest.raises(ValueError, match=f"sparse_vocab=True is not possible here: .*{reason}"):
+        _check_sparse_vocab(hps, rows, True)
