@@ -5,7 +5,8 @@
 
 Each model runs `lm1b/train.py` for `--max_time` seconds of training (its
 own clock, restarts included), then `--mode eval_full` on the whole
-held-out set. The models are BIGLSTM-shaped and scaled by the same factor:
+held-out set. With `--gpus 0,1,2,3` the models train at the same time, each
+alone on its own GPU of the machine (one after another by default). The models are BIGLSTM-shaped and scaled by the same factor:
 emb = p = 512, n = 2048 (the paper: 1024, 1024, 8192), with F's rank at
 p/2 as in F512 and the paper's group counts. The JSON holds each model's
 hparams, steps reached, final training loss and held-out perplexity, and
@@ -64,6 +65,8 @@ def main():
     parser.add_argument("--eval_datadir", default=None,
                         help="datadir for eval_full (default --datadir); its heldout-00000 shard is evaluated")
     parser.add_argument("--eval_only", action="store_true", help="evaluate the existing runs in --workdir")
+    parser.add_argument("--gpus", default=None,
+                        help="e.g. 0,1,2,3: train the models concurrently, one per GPU")
     parser.add_argument("--out", required=True)
     parser.add_argument("--metrics_dir", default=None, help="copy each metrics.jsonl here as MODEL.jsonl")
     args = parser.parse_args()
@@ -73,23 +76,28 @@ def main():
     result = {
         "command": " ".join(["KERAS_BACKEND=" + os.environ.get("KERAS_BACKEND", "?"), "python"] + sys.argv),
         "machine": platform.node(),
+        "gpus": args.gpus or "one, models one after another",
         "max_time_s": args.max_time,
         "scaled_hparams": SCALED,
         "vocab_size": vocab_size,
         "rows": [],
     }
+    runs = []
     for name in args.models.split(","):
         hparams = merge_hparams(SCALED, f"vocab_size={vocab_size}", f"max_time={args.max_time}",
                                 MODELS[name], args.extra_hparams)
         logdir = os.path.join(args.workdir, name)
         common = [sys.executable, os.path.join(ROOT, "lm1b", "train.py"), "--datadir", args.datadir,
                   "--logdir", logdir, "--hparams", hparams, "--num_gpus", "1"]
-        start = time.time()
-        print(f"=== {name}: {hparams}", flush=True)
-        if not args.eval_only:
-            subprocess.run(common + ["--log_every", "50"], check=True)
-        eval_data = ["--datadir", args.eval_datadir] if args.eval_datadir else []
-        subprocess.run(common + ["--mode", "eval_full"] + eval_data, check=True)
+        runs.append((name, hparams, logdir, common))
+    gpus = args.gpus.split(",") if args.gpus else [None]
+    if not args.eval_only:
+        for name, hparams, _, _ in runs:
+            print(f"=== {name}: {hparams}", flush=True)
+        run_on_gpus([common + ["--log_every", "50"] for *_, common in runs], gpus)
+    eval_data = ["--datadir", args.eval_datadir] if args.eval_datadir else []
+    run_on_gpus([common + ["--mode", "eval_full"] + eval_data for *_, common in runs], gpus)
+    for name, hparams, logdir, _ in runs:
         records = read_jsonl(os.path.join(logdir, "metrics.jsonl"))
         train = [r for r in records if r.get("mode", "train") == "train"]
         evals = [r for r in records if r.get("mode") == "eval"]
@@ -101,15 +109,48 @@ def main():
             "median_wps": sorted(r["wps"] for r in train)[len(train) // 2] if train else None,
             "heldout_perplexity": evals[-1]["perplexity"] if evals else None,
             "heldout_tokens": evals[-1]["tokens"] if evals else None,
-            "wall_s": round(time.time() - start, 1),
         }
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
         if args.metrics_dir:
             os.makedirs(args.metrics_dir, exist_ok=True)
             shutil.copy(os.path.join(logdir, "metrics.jsonl"), os.path.join(args.metrics_dir, f"{name}.jsonl"))
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    add_ratios(result["rows"])
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def add_ratios(rows):
+    """Adds each row's perplexity, words/s and steps over LSTMP's, when LSTMP ran."""
+    base = next((r for r in rows if r["model"] == "LSTMP"), None)
+    if base is None:
+        return
+    for row in rows:
+        for key, field in (("perplexity_vs_lstmp", "heldout_perplexity"), ("wps_vs_lstmp", "median_wps"),
+                           ("steps_vs_lstmp", "steps")):
+            ok = row[field] is not None and base[field]
+            row[key] = round(row[field] / base[field], 4) if ok else None
+
+
+def run_on_gpus(commands, gpus):
+    """Runs the commands, at most one per GPU at a time (CUDA_VISIBLE_DEVICES);
+    ``gpus=[None]`` runs them one after another on what the process sees.
+    Raises if any fails, after all have ended."""
+    pending, running, failed = list(commands), {}, []
+    while pending or running:
+        for gpu in gpus:
+            if gpu not in running and pending:
+                env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+                command = pending.pop(0)
+                running[gpu] = (command, subprocess.Popen(command, env=env))
+        for gpu, (command, process) in list(running.items()):
+            if process.poll() is not None:
+                del running[gpu]
+                if process.returncode:
+                    failed.append(f"exit {process.returncode}: {' '.join(command)}")
+        time.sleep(0.5)
+    if failed:
+        raise RuntimeError("training or evaluation failed:\n" + "\n".join(failed))
 
 
 if __name__ == "__main__":

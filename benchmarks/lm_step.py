@@ -1,6 +1,6 @@
 """Words/s of the full lm1b training step at the paper's true size (JAX backend, DataParallel).
 
-    KERAS_BACKEND=jax python benchmarks/lm_step.py --num_gpus 1 --out benchmarks/results/lm_step_1xh200.json
+    KERAS_BACKEND=jax python benchmarks/lm_step.py --num_gpus 1,4 --out benchmarks/results/lm_step_h200.json
 
 The step is lm1b's own (`lm1b.runners.JaxRunner.train_step`): embedding,
 2 recurrent layers, sampled softmax over V = 793,470 with 8,192 samples,
@@ -12,7 +12,8 @@ paper's (`--preset` values of lm1b/hparams.py): emb = p = 1024, n = 8192, batch 
 Inputs are random word ids (the step's cost does not depend on them).
 
 Each model's words/s is the median of `--steps` steps after warm-up; the
-ratio is over BIGLSTM in the same run. The JSON also holds every model's
+ratio is over BIGLSTM in the same run, and with `--num_gpus 1,4` the scaling
+is over the same model on one GPU of the same machine, in the same run. The JSON also holds every model's
 exact RNN parameter count (paper Table 1) and the paper's figures.
 """
 
@@ -42,15 +43,17 @@ PAPER = {
 }
 
 
-def time_model(preset, vocab_updates, args):
-    overrides = f"num_gpus={args.num_gpus},vocab_size={args.vocab_size},batch_size={args.batch_size}"
+def make_step(preset, vocab_updates, num_gpus, args):
+    """(runner, step): lm1b's JaxRunner for one Table 1 model, and a function
+    that runs one training step on a fixed random batch and waits for it."""
+    overrides = f"num_gpus={num_gpus},vocab_size={args.vocab_size},batch_size={args.batch_size}"
     hps = HParams.from_preset(preset, ",".join(filter(None, [overrides, args.hparams])))
     keras.config.set_dtype_policy("mixed_bfloat16" if args.dtype == "bf16" else "float32")
     try:
         runner = JaxRunner(hps, sparse_vocab=vocab_updates == "sparse")
     finally:
         keras.config.set_dtype_policy("float32")
-    rows = hps.batch_size * args.num_gpus
+    rows = hps.batch_size * num_gpus
     rng = np.random.default_rng(0)
     x = rng.integers(0, hps.vocab_size, (rows, hps.num_steps)).astype("int32")
     batch = tuple(runner.shard(a) for a in (x, np.roll(x, -1, axis=1), np.ones(x.shape, "float32")))
@@ -58,6 +61,14 @@ def time_model(preset, vocab_updates, args):
     def step():
         loss_sum, _ = runner.train_step(batch)
         float(loss_sum)  # blocks until the step is done
+
+    return runner, step
+
+
+def time_model(preset, vocab_updates, num_gpus, args):
+    runner, step = make_step(preset, vocab_updates, num_gpus, args)
+    hps = runner.hps
+    rows = hps.batch_size * num_gpus
 
     start = time.perf_counter()
     step()
@@ -73,9 +84,10 @@ def time_model(preset, vocab_updates, args):
     rnn_params = sum(rnn.count_params() for rnn in runner.model.rnns)
     return {
         "model": preset,
+        "num_gpus": num_gpus,
         "vocab_updates": vocab_updates,
         "words_per_s": rows * hps.num_steps / seconds,
-        "words_per_s_per_gpu": rows * hps.num_steps / seconds / args.num_gpus,
+        "words_per_s_per_gpu": rows * hps.num_steps / seconds / num_gpus,
         "step_ms": round(1000 * seconds, 2),
         "compile_s": round(compile_s, 1),
         "rnn_params": rnn_params,
@@ -83,10 +95,25 @@ def time_model(preset, vocab_updates, args):
     }
 
 
+def _compare(rows):
+    """Adds each row's ratio over BIGLSTM (same GPU count and vocabulary
+    updates) and its scaling over the same model on one GPU."""
+    paper_base = PAPER["BIGLSTM"]["words_per_s"]
+    for r in rows:
+        same = [b for b in rows if b["vocab_updates"] == r["vocab_updates"]]
+        base = next((b for b in same if b["model"] == "BIGLSTM" and b["num_gpus"] == r["num_gpus"]), None)
+        one = next((b for b in same if b["model"] == r["model"] and b["num_gpus"] == 1), None)
+        r["ratio_vs_biglstm"] = round(r["words_per_s"] / base["words_per_s"], 3) if base else None
+        r["scaling_vs_1_gpu"] = (round(r["words_per_s"] / one["words_per_s"], 3)
+                                 if one and r["num_gpus"] > 1 else None)
+        paper = PAPER[r["model"]]["words_per_s"]
+        r["paper_ratio_vs_biglstm"] = round(paper / paper_base, 3) if paper else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(PAPER))
-    parser.add_argument("--num_gpus", type=int, default=1)
+    parser.add_argument("--num_gpus", default="1", help="GPU counts to time, e.g. 1,4")
     parser.add_argument("--vocab_updates", default="sparse", help="sparse, dense, or both: sparse,dense")
     parser.add_argument("--dtype", choices=["tf32", "bf16"], default="bf16")
     parser.add_argument("--vocab_size", type=int, default=793_470)
@@ -99,6 +126,10 @@ def main():
     bad = set(args.vocab_updates.split(",")) - {"sparse", "dense"}
     if bad:
         parser.error(f"--vocab_updates takes sparse, dense or sparse,dense; got {args.vocab_updates!r}")
+    try:
+        gpu_counts = [int(n) for n in args.num_gpus.split(",")]
+    except ValueError:
+        parser.error(f"--num_gpus takes a comma-separated list of GPU counts, e.g. 1,4; got {args.num_gpus!r}")
     if keras.backend.backend() != "jax":
         parser.error("run with KERAS_BACKEND=jax: this measures the JAX DataParallel step")
     import jax
@@ -107,7 +138,7 @@ def main():
         "command": " ".join(["KERAS_BACKEND=jax"]
                             + ([f"XLA_FLAGS='{os.environ['XLA_FLAGS']}'"] if os.environ.get("XLA_FLAGS") else [])
                             + ["python"] + sys.argv),
-        "machine": f"{args.num_gpus}x {jax.devices()[0].device_kind}",
+        "machine": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
         "backend": "jax",
         "dtype": args.dtype,
         "shapes": {"vocab": args.vocab_size, "emb": 1024, "proj": 1024, "state": 8192, "layers": 2,
@@ -116,20 +147,17 @@ def main():
         "host": platform.node(),
         "rows": [],
     }
-    print(f"{'model':10s} {'vocab':>6s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} {'paper':>8s} {'RNN params':>12s}", flush=True)
-    runs = [(m, u) for u in args.vocab_updates.split(",") for m in args.models.split(",")]
-    for preset, vocab_updates in runs:
-        row = time_model(preset, vocab_updates, args)
+    print(f"{'model':10s} {'GPUs':>4s} {'vocab':>6s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} "
+          f"{'scaling':>8s} {'paper':>8s} {'RNN params':>12s}", flush=True)
+    runs = [(m, u, n) for n in gpu_counts for u in args.vocab_updates.split(",") for m in args.models.split(",")]
+    for preset, vocab_updates, num_gpus in runs:
+        row = time_model(preset, vocab_updates, num_gpus, args)
         result["rows"].append(row)
-        for r in result["rows"]:
-            base = next((b for b in result["rows"] if b["model"] == "BIGLSTM"
-                         and b["vocab_updates"] == r["vocab_updates"]), None)
-            r["ratio_vs_biglstm"] = round(r["words_per_s"] / base["words_per_s"], 3) if base else None
-            paper_base = PAPER["BIGLSTM"]["words_per_s"]
-            paper = PAPER[r["model"]]["words_per_s"]
-            r["paper_ratio_vs_biglstm"] = round(paper / paper_base, 3) if paper else None
+        _compare(result["rows"])
         ratio = f"{row['ratio_vs_biglstm']:.2f}x" if row["ratio_vs_biglstm"] else "-"
-        print(f"{preset:10s} {vocab_updates:>6s} {row['words_per_s']:10,.0f} {row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} "
+        scaling = f"{row['scaling_vs_1_gpu']:.2f}x" if row["scaling_vs_1_gpu"] else "-"
+        print(f"{preset:10s} {num_gpus:4d} {vocab_updates:>6s} {row['words_per_s']:10,.0f} "
+              f"{row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} {scaling:>8s} "
               f"{row['paper_words_per_s_4xV100'] or 0:8,} {row['rnn_params']:12,}", flush=True)
         if args.out:
             with open(args.out, "w") as f:

@@ -1,0 +1,131 @@
+"""Profiles lm1b's JAX training step (benchmarks/lm_step.py) and says where a step's time goes.
+
+    KERAS_BACKEND=jax python benchmarks/profile_lm_step.py --model BIGLSTM --num_gpus 4
+
+For the first device it prints, per step: the wall time, the time some GPU
+kernel runs (busy), the all-reduce (NCCL) kernel time and how much of it
+runs while no other kernel does (exposed), kernel time by the model part
+whose JAX name scope launched it (the recurrent layers rnn_0, rnn_1, ...;
+kernels that XLA replays from a CUDA graph carry no scope and count as
+"unattributed"), and the kernels that take the most time. jax.profiler only,
+no TensorFlow or TensorBoard.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lm_step import make_step  # noqa: E402
+
+
+def union_ns(intervals):
+    """Total length of the union of (start, end) intervals."""
+    total, reach = 0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+def scope_of(stats):
+    """The model part that launched a kernel, from its JAX name scope: e.g.
+    'jit(_train_step)/transpose(jvp(language_model))/rnn_1/while' -> 'rnn_1'."""
+    name = stats.get("name")
+    if not name:
+        return "unattributed"
+    parts = [p for p in re.sub(r"[a-z_]+\(|\)", "", name).split("/")[1:] if p != "language_model"]
+    return parts[0] if parts else "step"
+
+
+def device_kernels(path, device=0):
+    """(name, start_ns, end_ns, stats) of the kernels on GPU ``device``."""
+    data = jax.profiler.ProfileData.from_file(path)
+    kernels = []
+    for plane in data.planes:
+        if plane.name != f"/device:GPU:{device}":
+            continue
+        for line in plane.lines:
+            if "stream" not in line.name.lower():
+                continue
+            for event in line.events:
+                kernels.append((event.name, event.start_ns, event.start_ns + event.duration_ns,
+                                {k: str(v) for k, v in event.stats}))
+    return kernels
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="BIGLSTM")
+    parser.add_argument("--num_gpus", type=int, default=1)
+    parser.add_argument("--vocab_updates", default="sparse", choices=["sparse", "dense"])
+    parser.add_argument("--dtype", choices=["tf32", "bf16"], default="bf16")
+    parser.add_argument("--vocab_size", type=int, default=793_470)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--hparams", default="")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--out", default=None, help="write the summary as JSON here")
+    args = parser.parse_args()
+    _, step = make_step(args.model, args.vocab_updates, args.num_gpus, args)
+    for _ in range(3):
+        step()
+    logdir = tempfile.mkdtemp()
+    start = time.perf_counter()
+    with jax.profiler.trace(logdir):
+        for _ in range(args.steps):
+            step()
+    wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
+    path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
+    kernels = device_kernels(path)
+    nccl = [(s, e) for name, s, e, _ in kernels if "nccl" in name.lower()]
+    compute = [(s, e) for name, s, e, _ in kernels if "nccl" not in name.lower()]
+    nccl_ns = union_ns(nccl)
+    exposed_ns = union_ns(nccl + compute) - union_ns(compute)
+    totals, counts, examples, scopes = (collections.Counter(), collections.Counter(), {},
+                                        collections.Counter())
+    for name, s, e, stats in kernels:
+        totals[name] += (e - s) / args.steps
+        scopes["all-reduce" if "nccl" in name.lower() else scope_of(stats)] += (e - s) / args.steps
+        counts[name] += 1 / args.steps
+        examples.setdefault(name, stats)
+    summary = {
+        "command": " ".join(["KERAS_BACKEND=jax python"] + sys.argv),
+        "machine": f"{args.num_gpus}x {jax.devices()[0].device_kind}",
+        "model": args.model,
+        "wall_ms_per_step_profiled": round(wall_ms, 2),
+        "busy_ms": round(union_ns(nccl + compute) / 1e6 / args.steps, 3),
+        "kernel_ms": round(sum(totals.values()) / 1e6, 3),
+        "kernels_per_step": round(sum(counts.values())),
+        "allreduce_ms": round(nccl_ns / 1e6 / args.steps, 3),
+        "allreduce_exposed_ms": round(exposed_ns / 1e6 / args.steps, 3),
+        "kernel_ms_by_scope": {k: round(v / 1e6, 3) for k, v in scopes.most_common()},
+        "top": [{"name": name[:160], "ms": round(ns / 1e6, 3), "count": round(counts[name]),
+                 "stats": {k: v[:200] for k, v in examples[name].items()}}
+                for name, ns in totals.most_common(args.top)],
+    }
+    print(f"{args.model} on {args.num_gpus} GPU(s): {wall_ms:.2f} ms/step (profiled); GPU 0 busy "
+          f"{summary['busy_ms']} ms, {summary['kernels_per_step']} kernels; all-reduce "
+          f"{summary['allreduce_ms']} ms, of which exposed {summary['allreduce_exposed_ms']} ms")
+    print("kernel ms by scope: " + ", ".join(f"{k} {v}" for k, v in summary["kernel_ms_by_scope"].items()))
+    for row in summary["top"]:
+        print(f"{row['ms']:8.3f} ms x{row['count']:4d}  {row['name'][:100]}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
