@@ -135,8 +135,11 @@ def main():
     import jax
 
     result = {
+        # XLA and NCCL settings change the timings: the command records them
+        # (NCCL_NVLS_ENABLE=0 is the lent machines' own setting).
         "command": " ".join(["KERAS_BACKEND=jax"]
-                            + ([f"XLA_FLAGS='{os.environ['XLA_FLAGS']}'"] if os.environ.get("XLA_FLAGS") else [])
+                            + [f"{k}='{v}'" for k, v in sorted(os.environ.items())
+                               if k == "XLA_FLAGS" or (k.startswith("NCCL_") and k != "NCCL_VERSION")]
                             + ["python"] + sys.argv),
         "machine": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
         "backend": "jax",

@@ -1,0 +1,83 @@
+"""The bookkeeping of the benchmark scripts: ratios, scaling, profile intervals,
+and running models concurrently one per GPU."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import equal_time  # noqa: E402
+import lm_step  # noqa: E402
+import profile_lm_step  # noqa: E402
+
+
+def test_union_of_intervals_equals_counting_covered_ticks():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        starts = rng.integers(0, 200, size=rng.integers(0, 12))
+        intervals = [(int(s), int(s + rng.integers(0, 40))) for s in starts]
+        covered = np.zeros(300, bool)
+        for start, end in intervals:
+            covered[start:end] = True
+        assert profile_lm_step.union_ns(intervals) == covered.sum()
+
+
+def test_kernel_scope_is_the_model_part_of_the_jax_name():
+    scope = profile_lm_step.scope_of
+    assert scope({"name": "jit(_train_step)/transpose(jvp(language_model))/rnn_1/while"}) == "rnn_1"
+    assert scope({"name": "jit(_train_step)/jvp(language_model)/rnn_0/dot_general"}) == "rnn_0"
+    assert scope({"name": "jit(_train_step)/top_k"}) == "top_k"
+    assert scope({}) == "unattributed"
+
+
+def _row(model, num_gpus, words_per_s, vocab_updates="sparse"):
+    return {"model": model, "num_gpus": num_gpus, "vocab_updates": vocab_updates,
+            "words_per_s": words_per_s}
+
+
+def test_lm_step_ratios_are_per_gpu_count_and_scaling_per_model():
+    rows = [_row("BIGLSTM", 1, 100.0), _row("BIG_G4", 1, 150.0),
+            _row("BIGLSTM", 4, 320.0), _row("BIG_G4", 4, 400.0),
+            _row("BIGLSTM", 4, 50.0, "dense")]
+    lm_step._compare(rows)
+    assert [r["ratio_vs_biglstm"] for r in rows] == [1.0, 1.5, 1.0, 1.25, 1.0]
+    assert [r["scaling_vs_1_gpu"] for r in rows] == [None, None, 3.2, pytest.approx(400 / 150, abs=1e-3), None]
+    assert rows[1]["paper_ratio_vs_biglstm"] == round(56_000 / 33_800, 3)
+
+
+def test_equal_time_ratios_are_over_lstmp():
+    rows = [{"model": "F256", "heldout_perplexity": 26.0, "median_wps": 110.0, "steps": 1100},
+            {"model": "LSTMP", "heldout_perplexity": 25.0, "median_wps": 100.0, "steps": 1000}]
+    equal_time.add_ratios(rows)
+    assert rows[0]["perplexity_vs_lstmp"] == 1.04
+    assert rows[0]["wps_vs_lstmp"] == 1.1 and rows[0]["steps_vs_lstmp"] == 1.1
+    assert rows[1]["perplexity_vs_lstmp"] == 1.0
+
+
+def test_run_on_gpus_gives_each_command_one_gpu_and_at_most_one_command_per_gpu(tmp_path):
+    # Each command records its GPU, then holds a lock file of that GPU for a
+    # moment: a second command on a busy GPU would find the file there.
+    script = (
+        "import os, sys, time\n"
+        "gpu = os.environ['CUDA_VISIBLE_DEVICES']\n"
+        "lock = os.path.join(sys.argv[1], 'busy_' + gpu)\n"
+        "os.close(os.open(lock, os.O_CREAT | os.O_EXCL))\n"  # fails if the GPU is busy
+        "open(os.path.join(sys.argv[1], 'ran_' + sys.argv[2]), 'w').write(gpu)\n"
+        "time.sleep(1.5)\n"
+        "os.remove(lock)\n"
+    )
+    commands = [[sys.executable, "-c", script, str(tmp_path), str(i)] for i in range(5)]
+    equal_time.run_on_gpus(commands, ["0", "1"])
+    gpus = [(tmp_path / f"ran_{i}").read_text() for i in range(5)]
+    assert set(gpus) == {"0", "1"}
+
+
+def test_run_on_gpus_names_a_failed_command_after_the_others_end(tmp_path):
+    ok = [sys.executable, "-c", f"open({str(tmp_path / 'ok')!r}, 'w').close()"]
+    bad = [sys.executable, "-c", "import sys; sys.exit(7)"]
+    with pytest.raises(RuntimeError, match="exit 7"):
+        equal_time.run_on_gpus([bad, ok], [None])
+    assert (tmp_path / "ok").exists()
