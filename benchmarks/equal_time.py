@@ -90,14 +90,22 @@ def main():
         common = [sys.executable, os.path.join(ROOT, "lm1b", "train.py"), "--datadir", args.datadir,
                   "--logdir", logdir, "--hparams", hparams, "--num_gpus", "1"]
         runs.append((name, hparams, logdir, common))
-    gpus = args.gpus.split(",") if args.gpus else [None]
+    try:
+        gpus = gpu_list(args.gpus)
+    except ValueError as e:
+        parser.error(str(e))
+    failed = {}
     if not args.eval_only:
         for name, hparams, _, _ in runs:
             print(f"=== {name}: {hparams}", flush=True)
-        run_on_gpus([common + ["--log_every", "50"] for *_, common in runs], gpus)
+        failed = run_on_gpus([common + ["--log_every", "50"] for *_, common in runs], gpus)
+    # A model whose training failed is left out; the others are still
+    # evaluated and written.
+    trained = [run for i, run in enumerate(runs) if i not in failed]
     eval_data = ["--datadir", args.eval_datadir] if args.eval_datadir else []
-    run_on_gpus([common + ["--mode", "eval_full"] + eval_data for *_, common in runs], gpus)
-    for name, hparams, logdir, _ in runs:
+    evaluated = run_on_gpus([common + ["--mode", "eval_full"] + eval_data for *_, common in trained], gpus)
+    failed = list(failed.values()) + list(evaluated.values())
+    for name, hparams, logdir, _ in trained:
         records = read_jsonl(os.path.join(logdir, "metrics.jsonl"))
         train = [r for r in records if r.get("mode", "train") == "train"]
         evals = [r for r in records if r.get("mode") == "eval"]
@@ -116,8 +124,22 @@ def main():
             os.makedirs(args.metrics_dir, exist_ok=True)
             shutil.copy(os.path.join(logdir, "metrics.jsonl"), os.path.join(args.metrics_dir, f"{name}.jsonl"))
     add_ratios(result["rows"])
+    result["failed"] = failed
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+    if failed:
+        sys.exit("training or evaluation failed (the other models are in " + args.out + "):\n"
+                 + "\n".join(failed))
+
+
+def gpu_list(spec):
+    """``--gpus`` as a list of CUDA device ids, or ``[None]`` (no --gpus)."""
+    if not spec:
+        return [None]
+    gpus = spec.split(",")
+    if len(set(gpus)) != len(gpus) or "" in gpus:
+        raise ValueError(f"--gpus={spec} must name each GPU once, e.g. --gpus=0,1,2,3.")
+    return gpus
 
 
 def add_ratios(rows):
@@ -135,23 +157,27 @@ def add_ratios(rows):
 def run_on_gpus(commands, gpus):
     """Runs the commands, at most one per GPU at a time (CUDA_VISIBLE_DEVICES);
     ``gpus=[None]`` runs them one after another on what the process sees.
-    Raises if any fails, after all have ended."""
-    pending, running, failed = list(commands), {}, []
-    while pending or running:
-        for gpu in gpus:
-            if gpu not in running and pending:
-                env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-                command = pending.pop(0)
-                running[gpu] = (command, subprocess.Popen(command, env=env))
-        for gpu, (command, process) in list(running.items()):
-            if process.poll() is not None:
-                del running[gpu]
-                if process.returncode:
-                    failed.append(f"exit {process.returncode}: {' '.join(command)}")
-        time.sleep(0.5)
-    if failed:
-        raise RuntimeError("training or evaluation failed:\n" + "\n".join(failed))
-
+    Returns {index: 'exit CODE: COMMAND'} of those that failed, once all have
+    ended; if this process is interrupted, the commands still running are
+    stopped."""
+    pending, running, failed = list(enumerate(commands)), {}, {}
+    try:
+        while pending or running:
+            for gpu in gpus:
+                if gpu not in running and pending:
+                    env = dict(os.environ) if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+                    index, command = pending.pop(0)
+                    running[gpu] = (index, command, subprocess.Popen(command, env=env))
+            for gpu, (index, command, process) in list(running.items()):
+                if process.poll() is not None:
+                    del running[gpu]
+                    if process.returncode:
+                        failed[index] = f"exit {process.returncode}: {' '.join(command)}"
+            time.sleep(0.5)
+    finally:
+        for *_, process in running.values():
+            process.terminate()
+    return failed
 
 if __name__ == "__main__":
     main()

@@ -46,7 +46,8 @@ def scope_of(stats):
     name = stats.get("name")
     if not name:
         return "unattributed"
-    parts = [p for p in re.sub(r"[a-z_]+\(|\)", "", name).split("/")[1:] if p != "language_model"]
+    parts = [p for p in re.sub(r"[a-z_]+\(|\)", "", name).split("/")[1:]
+             if p and p not in ("shard_map", "language_model")]
     return parts[0] if parts else "step"
 
 
@@ -103,7 +104,8 @@ def main():
         examples.setdefault(name, stats)
     summary = {
         "command": " ".join(["KERAS_BACKEND=jax python"] + sys.argv),
-        "machine": f"{args.num_gpus}x {jax.devices()[0].device_kind}",
+        "machine": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
+        "num_gpus": args.num_gpus,
         "model": args.model,
         "wall_ms_per_step_profiled": round(wall_ms, 2),
         "busy_ms": round(union_ns(nccl + compute) / 1e6 / args.steps, 3),

@@ -29,6 +29,7 @@ def test_kernel_scope_is_the_model_part_of_the_jax_name():
     scope = profile_lm_step.scope_of
     assert scope({"name": "jit(_train_step)/transpose(jvp(language_model))/rnn_1/while"}) == "rnn_1"
     assert scope({"name": "jit(_train_step)/jvp(language_model)/rnn_0/dot_general"}) == "rnn_0"
+    assert scope({"name": "jit(_train_step)/shard_map/transpose(jvp(language_model))/rnn_0/x"}) == "rnn_0"
     assert scope({"name": "jit(_train_step)/top_k"}) == "top_k"
     assert scope({}) == "unattributed"
 
@@ -65,19 +66,29 @@ def test_run_on_gpus_gives_each_command_one_gpu_and_at_most_one_command_per_gpu(
         "gpu = os.environ['CUDA_VISIBLE_DEVICES']\n"
         "lock = os.path.join(sys.argv[1], 'busy_' + gpu)\n"
         "os.close(os.open(lock, os.O_CREAT | os.O_EXCL))\n"  # fails if the GPU is busy
-        "open(os.path.join(sys.argv[1], 'ran_' + sys.argv[2]), 'w').write(gpu)\n"
+        "start = time.time()\n"
         "time.sleep(1.5)\n"
+        "open(os.path.join(sys.argv[1], 'ran_' + sys.argv[2]), 'w').write(f'{gpu} {start} {time.time()}')\n"
         "os.remove(lock)\n"
     )
     commands = [[sys.executable, "-c", script, str(tmp_path), str(i)] for i in range(5)]
-    equal_time.run_on_gpus(commands, ["0", "1"])
-    gpus = [(tmp_path / f"ran_{i}").read_text() for i in range(5)]
-    assert set(gpus) == {"0", "1"}
+    assert equal_time.run_on_gpus(commands, ["0", "1"]) == {}
+    runs = [(tmp_path / f"ran_{i}").read_text().split() for i in range(5)]
+    assert {gpu for gpu, _, _ in runs} == {"0", "1"}
+    # ... and the two GPUs did run commands at the same time.
+    assert any(a[0] != b[0] and float(a[1]) < float(b[2]) and float(b[1]) < float(a[2])
+               for a in runs for b in runs)
 
 
 def test_run_on_gpus_names_a_failed_command_after_the_others_end(tmp_path):
     ok = [sys.executable, "-c", f"open({str(tmp_path / 'ok')!r}, 'w').close()"]
     bad = [sys.executable, "-c", "import sys; sys.exit(7)"]
-    with pytest.raises(RuntimeError, match="exit 7"):
-        equal_time.run_on_gpus([bad, ok], [None])
+    failed = equal_time.run_on_gpus([ok, bad], [None])
+    assert list(failed) == [1] and failed[1].startswith("exit 7:") and "sys.exit(7)" in failed[1]
     assert (tmp_path / "ok").exists()
+
+
+def test_equal_time_rejects_a_gpu_named_twice(tmp_path):
+    with pytest.raises(ValueError, match="--gpus=0,0"):
+        equal_time.gpu_list("0,0")
+    assert equal_time.gpu_list(None) == [None] and equal_time.gpu_list("2,3") == ["2", "3"]
