@@ -6,9 +6,10 @@
 Each model runs `lm1b/train.py` for `--max_time` seconds of training (its
 own clock, restarts included), then `--mode eval_full` on the whole
 held-out set. With `--gpus 0,1,2,3` the models train at the same time, each
-alone on its own GPU of the machine (one after another by default). The models are BIGLSTM-shaped and scaled by the same factor:
-emb = p = 512, n = 2048 (the paper: 1024, 1024, 8192), with F's rank at
-p/2 as in F512 and the paper's group counts. The JSON holds each model's
+alone on its own GPU of the machine (one after another by default). The
+models are BIGLSTM-shaped and scaled by the same factor: emb = p = 512,
+n = 2048 (the paper: 1024, 1024, 8192), with F's rank at p/2 as in F512 and
+the paper's group counts. The JSON holds each model's
 hparams, steps reached, final training loss and held-out perplexity, and
 the path of its metrics.jsonl (for scripts/plot_curves.py).
 """

@@ -8,13 +8,15 @@ f-lm's gradient scaling, clipping of the LSTM gradients, Adagrad, and the
 EMA of the LSTM weights. `--vocab_updates sparse,dense` times each model
 with the runner's sparse vocabulary updates (the default) and with dense
 ones (the whole V×d gradients, all-reduced and applied). Settings are the
-paper's (`--preset` values of lm1b/hparams.py): emb = p = 1024, n = 8192, batch 256 per GPU, 20 steps.
-Inputs are random word ids (the step's cost does not depend on them).
+paper's (`--preset` values of lm1b/hparams.py): emb = p = 1024, n = 8192,
+batch 256 per GPU, 20 steps. Inputs are random word ids (the step's cost
+does not depend on them).
 
 Each model's words/s is the median of `--steps` steps after warm-up; the
 ratio is over BIGLSTM in the same run, and with `--num_gpus 1,4` the scaling
-is over the same model on one GPU of the same machine, in the same run. The JSON also holds every model's
-exact RNN parameter count (paper Table 1) and the paper's figures.
+is over the same model on one GPU of the same machine, in the same run. The
+JSON also holds every model's exact RNN parameter count (paper Table 1) and
+the paper's figures.
 """
 
 import argparse

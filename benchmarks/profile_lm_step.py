@@ -90,18 +90,18 @@ def main():
             step()
     wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
     path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
-    kernels = device_kernels(path)
-    nccl = [(s, e) for name, s, e, _ in kernels if "nccl" in name.lower()]
-    compute = [(s, e) for name, s, e, _ in kernels if "nccl" not in name.lower()]
-    nccl_ns = union_ns(nccl)
-    exposed_ns = union_ns(nccl + compute) - union_ns(compute)
+    nccl, compute = [], []
     totals, counts, examples, scopes = (collections.Counter(), collections.Counter(), {},
                                         collections.Counter())
-    for name, s, e, stats in kernels:
+    for name, s, e, stats in device_kernels(path):
+        is_nccl = "nccl" in name.lower()
+        (nccl if is_nccl else compute).append((s, e))
         totals[name] += (e - s) / args.steps
-        scopes["all-reduce" if "nccl" in name.lower() else scope_of(stats)] += (e - s) / args.steps
+        scopes["all-reduce" if is_nccl else scope_of(stats)] += (e - s) / args.steps
         counts[name] += 1 / args.steps
         examples.setdefault(name, stats)
+    nccl_ns = union_ns(nccl)
+    exposed_ns = union_ns(nccl + compute) - union_ns(compute)
     summary = {
         "command": " ".join(["KERAS_BACKEND=jax python"] + sys.argv),
         "machine": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
