@@ -10,11 +10,9 @@ at once (e.g. dW_h = H_prevᵀ·dZ, dP = Mᵀ·dH), which is how cuDNN does it.
 This is exact because each step is row-wise and the weights are shared
 across steps: Σ_t vjp_w(f, rows_t)[g_t] = vjp_w(f, ∪_t rows_t)[∪_t g_t].
 
-The cell's own scan hooks (`scan_preactivations`, `scan_gates`,
-`scan_project`; see `ProjectedLSTMCellBase`) are reused as pure functions of
-explicit weights through `keras.StatelessScope`, so there is no second copy
-of any cell's math. They work in the cell's scan layout, the one its GEMMs
-emit (group-major for `GLSTMCell`), so no step transposes z.
+The cell's own methods (`gate_preactivations`, `gates`, `project`) are
+reused as pure functions of explicit weights through `keras.StatelessScope`,
+so there is no second copy of any cell's math.
 
 The caller (`layers._FusedRNN.inner_loop`) hands c over in float32 even
 under a bfloat16 policy, as on the generic path; it stays so through the
@@ -72,29 +70,24 @@ def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
 
         return pure
 
-    recurrent = bound(cell.scan_preactivations)
-    project = bound(cell.scan_project)
-    gates = bound(cell.scan_gates)
-    # u, z, c and m are in the cell's scan layout, their time axis at `axis`;
-    # h and its cotangents are time-major.
-    axis = cell.scan_time_axis
-    steps = sequences.shape[1]
-
-    def at(stacked, t):
-        return jax.lax.dynamic_index_in_dim(stacked, t, axis, keepdims=False)
+    recurrent = bound(cell.gate_preactivations)
+    project = bound(cell.project)
+    gates = bound(cell.gates)
 
     def masked(h):
         return h if recurrent_mask is None else h * recurrent_mask
 
     def forward(w, u, h0, c0):
-        def step(carry, t):
+        def step(carry, u_t):
             h, c = carry
-            z = recurrent(w, at(u, t), masked(h))
+            z = recurrent(w, u_t, masked(h))
             m, c_new = gates(w, z, c)
             h_new = project(w, m)
-            return (h_new, c_new), (h_new, (c, z, m))
+            return (h_new, c_new), (h_new, c, z, m)
 
-        (h, c), (hs, (c_prevs, zs, ms)) = _scan(step, (h0, c0), steps, (0, axis), False, scan_unroll)
+        (h, c), (hs, c_prevs, zs, ms) = jax.lax.scan(
+            step, (h0, c0), u, unroll=scan_unroll
+        )
         return (hs, h, c), (c_prevs, zs, ms)
 
     @jax.custom_vjp
@@ -111,29 +104,38 @@ def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
         w, u, h_ins, c_prevs, zs, ms = residuals
         d_hs, d_h_last, d_c_last = cotangents
 
-        def step(carry, t):
+        def step(carry, xs):
             d_h_next, d_c = carry
-            d_h = d_hs[t] + d_h_next
-            d_m = jax.vjp(lambda m_: project(w, m_), at(ms, t))[1](d_h)[0]
-            d_z, d_c_prev = jax.vjp(lambda z_, c_: gates(w, z_, c_), at(zs, t), at(c_prevs, t))[1](
+            d_h_out, u_t, h_in, c_prev, z, m = xs
+            d_h = d_h_out + d_h_next
+            d_m = jax.vjp(lambda m_: project(w, m_), m)[1](d_h)[0]
+            d_z, d_c_prev = jax.vjp(lambda z_, c_: gates(w, z_, c_), z, c_prev)[1](
                 (d_m, d_c)
             )
-            d_u, d_h_in = jax.vjp(lambda u_, h_: recurrent(w, u_, h_), at(u, t), h_ins[t])[1](d_z)
-            return (masked(d_h_in), d_c_prev), (d_h, (d_u, d_z, d_m, d_c))
+            d_u, d_h_in = jax.vjp(lambda u_, h_: recurrent(w, u_, h_), u_t, h_in)[1](d_z)
+            return (masked(d_h_in), d_c_prev), (d_u, d_z, d_m, d_c, d_h)
 
-        (d_h0, d_c0), (d_h, (d_u, d_z, d_m, d_c)) = _scan(
-            step, (d_h_last, d_c_last), steps, (0, axis), True, scan_unroll
+        (d_h0, d_c0), (d_u, d_z, d_m, d_c, d_h) = jax.lax.scan(
+            step,
+            (d_h_last, d_c_last),
+            (d_hs, u, h_ins, c_prevs, zs, ms),
+            reverse=True,
+            unroll=scan_unroll,
         )
 
-        # Every hook takes the stacked (time) axes as extra leading axes.
+        def rows(a):
+            return a.reshape((-1,) + a.shape[2:])
+
         def all_steps(w_):
             return (
-                recurrent(w_, u, h_ins),
-                gates(w_, zs, c_prevs),
-                project(w_, ms),
+                recurrent(w_, rows(u), rows(h_ins)),
+                gates(w_, rows(zs), rows(c_prevs)),
+                project(w_, rows(ms)),
             )
 
-        d_w = jax.vjp(all_steps, w)[1]((d_z, (d_m, d_c), d_h))[0]
+        d_w = jax.vjp(all_steps, w)[1](
+            (rows(d_z), (rows(d_m), rows(d_c)), rows(d_h))
+        )[0]
         return d_w, d_u, d_h0, d_c0
 
     recurrence.defvjp(recurrence_fwd, recurrence_bwd)
@@ -143,36 +145,7 @@ def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
     x = jnp.swapaxes(sequences, 0, 1)
     if go_backwards:
         x = jnp.flip(x, axis=0)
-    u = cell.scan_input_term(x)
+    u = cell.input_term(x)
     h0, c0 = initial_state[0], initial_state[1]
-    hs, h, c = recurrence(weights, u, h0, cell.to_scan_state(c0))
-    return h, jnp.swapaxes(hs, 0, 1), [h, cell.from_scan_state(c)]
-
-
-def _scan(step, init, steps, axes, reverse, unroll):
-    """`jax.lax.scan` of `step(carry, t)` over t < steps, stacking the outputs
-    at `axes` (one per top-level output), not only at axis 0.
-
-    The stacks are buffers updated in place, as scan's own outputs are, so a
-    layout whose time axis is not the first costs no transpose.
-    """
-    out_shapes = jax.eval_shape(step, init, 0)[1]
-
-    def empty(shape, axis):
-        return jnp.zeros(shape.shape[:axis] + (steps,) + shape.shape[axis:], shape.dtype)
-
-    stacks = tuple(jax.tree.map(lambda s, a=a: empty(s, a), out) for out, a in zip(out_shapes, axes))
-
-    def body(carry, t):
-        carry, stacks = carry
-        carry, outs = step(carry, t)
-        stacks = tuple(
-            jax.tree.map(lambda stack, o, a=a: jax.lax.dynamic_update_index_in_dim(stack, o, t, a), st, out)
-            for st, out, a in zip(stacks, outs, axes)
-        )
-        return (carry, stacks), None
-
-    (carry, stacks), _ = jax.lax.scan(
-        body, (init, stacks), jnp.arange(steps), reverse=reverse, unroll=unroll
-    )
-    return carry, stacks
+    hs, h, c = recurrence(weights, u, h0, c0)
+    return h, jnp.swapaxes(hs, 0, 1), [h, c]

@@ -78,21 +78,15 @@ def _add_bias_with_float32_gradient(z, bias):
 
     The gradient of a broadcast add is a sum over all batch (and, in the
     fused layers, time) rows; summed in bf16 it loses about 10% over a few
-    hundred rows. Summing in float32 keeps it within bf16 rounding. `bias`
-    may have fewer axes than z, or axes of size 1 (a group-major layout).
+    hundred rows. Summing in float32 keeps it within bf16 rounding.
     """
 
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
-        lead = len(upstream.shape) - len(bias.shape)
-        summed = tuple(
-            axis
-            for axis in range(len(upstream.shape))
-            if axis < lead or bias.shape[axis - lead] == 1
-        )
-        d_bias = ops.sum(ops.cast(upstream, "float32"), axis=summed)
-        return upstream, ops.cast(ops.reshape(d_bias, bias.shape), bias.dtype)
+        rows = tuple(range(len(upstream.shape) - 1))
+        d_bias = ops.sum(ops.cast(upstream, "float32"), axis=rows)
+        return upstream, ops.cast(d_bias, bias.dtype)
 
     return z + bias, grad
 
@@ -234,17 +228,13 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
             return self.bias_initializer
         return _ForgetBiasOne(self.bias_initializer, self.units)
 
-    def add_bias(self, z, arrange=None):
-        """z + b; `arrange` maps b `(4n,)` to z's layout when z is not `(..., 4n)`."""
+    def add_bias(self, z):
         if self.bias is None:
             return z
-        # Read (and cast) the variable outside the custom-gradient op.
-        bias = ops.cast(self.bias, z.dtype)
-        if arrange is not None:
-            bias = arrange(bias)
         if keras.backend.standardize_dtype(z.dtype) in ("bfloat16", "float16"):
-            return _add_bias_with_float32_gradient(z, bias)
-        return z + bias
+            # Read (and cast) the variable outside the custom-gradient op.
+            return _add_bias_with_float32_gradient(z, ops.cast(self.bias, z.dtype))
+        return z + self.bias
 
     def build_affine(self, input_dim):
         raise NotImplementedError
@@ -255,47 +245,14 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
     def gate_preactivations(self, u, h):
         raise NotImplementedError
 
-    # The fused JAX scan's view of the cell (keras_flstm.jax_recurrence). It
-    # carries u, z, c and m in the layout the cell's GEMMs emit, so that no
-    # step transposes them; stacked over time they gain the time axis at
-    # `scan_time_axis`. Every hook accepts extra leading (time) axes. This
-    # default is the public layout: u, z (..., T, B, 4n), c, m (..., T, B, n).
-    scan_time_axis = 0
-
-    def scan_input_term(self, x):
-        """u for time-major inputs x `(T, B, d)`, in the scan layout."""
-        return self.input_term(x)
-
-    def scan_preactivations(self, u, h):
-        """z from u and h `(..., B, p)`, in the scan layout."""
-        return self.gate_preactivations(u, h)
-
-    def scan_gates(self, z, c_prev):
-        """(m, c) from z and c, in the scan layout; see `gates`."""
-        return self.gates(z, c_prev)
-
-    def scan_project(self, m):
-        """h `(..., B, p)` from m in the scan layout; see `project`."""
-        return self.project(m)
-
-    def to_scan_state(self, c):
-        """The cell state `(B, n)` in the scan layout."""
-        return c
-
-    def from_scan_state(self, c):
-        """The inverse of `to_scan_state`."""
-        return c
-
     def project(self, m):
         """h = clip(m·P): the output of the cell from the gated output m."""
         if self.projection_kernel is None:
             return m
-        return self.clip_projection(ops.matmul(m, self.projection_kernel))
-
-    def clip_projection(self, h):
-        if self.projection_clip is None:
-            return h
-        return ops.clip(h, -self.projection_clip, self.projection_clip)
+        h = ops.matmul(m, self.projection_kernel)
+        if self.projection_clip is not None:
+            h = ops.clip(h, -self.projection_clip, self.projection_clip)
+        return h
 
     def gates(self, z, c_prev):
         """(m, c) from the gate pre-activations z; see `lstm_gates`.
@@ -304,18 +261,13 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
         c_prev's dtype, so a caller may carry c in float32 under a bfloat16
         policy (the fused layers do: c sums over the whole sequence).
         """
-        return self.apply_gates(z, c_prev, self.peepholes)
-
-    def apply_gates(self, z, c_prev, peepholes, gate_axis=-1):
-        """`gates` with the peepholes and the gate axis of z's layout."""
         m, c = lstm_gates(
             z,
             c_prev,
             self.activation,
             self.recurrent_activation,
             self.cell_clip,
-            peepholes,
-            gate_axis,
+            self.peepholes,
         )
         return ops.cast(m, z.dtype), c
 

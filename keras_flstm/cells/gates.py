@@ -10,7 +10,6 @@ def lstm_gates(
     recurrent_activation,
     cell_clip=None,
     peepholes=None,
-    gate_axis=-1,
 ):
     """Applies the LSTM non-linearities to gate pre-activations.
 
@@ -29,29 +28,19 @@ def lstm_gates(
     This is TF1's `LSTMCell` order: the clipped cell state feeds the output
     peephole and the output, and is the state carried to the next step.
 
-    The gates may also lie on an axis of their own (`gate_axis`): with z of
-    shape `(..., 4, ..., u)`, `z_i = z[..., 0, ..., :]` etc. (the group-major
-    layout of `GLSTMCell`'s fused scan).
-
     Args:
         z: Gate pre-activations, shape `(..., 4 * units)`.
         c_prev: Previous cell state, shape `(..., units)`.
         activation: Cell-input and cell-output activation (usually tanh).
         recurrent_activation: Gate activation (usually sigmoid).
         cell_clip: Optional positive float; clips `c` to `±cell_clip`.
-        peepholes: Optional tuple `(w_i, w_f, w_o)` of `(units,)` tensors
-            (or tensors that broadcast against `c_prev`).
-        gate_axis: -1 (default) when z is `(..., 4 * units)`, gates major;
-            otherwise the axis of z, of size 4, that indexes the gates.
+        peepholes: Optional tuple `(w_i, w_f, w_o)` of `(units,)` tensors.
 
     Returns:
         `(m, c)`: the gated output before any projection, and the new cell
-        state, both of `c_prev`'s shape and of `c_prev`'s dtype.
+        state, both of shape `(..., units)` and of `c_prev`'s dtype.
     """
-    if gate_axis == -1:
-        z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
-    else:
-        z_i, z_f, z_c, z_o = ops.unstack(z, num=4, axis=gate_axis)
+    z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
     # c may be carried in a wider dtype than z (float32 under a bf16
     # policy): the c path runs in c's dtype, the gates in z's.
     state_dtype = c_prev.dtype

@@ -137,59 +137,5 @@ class GLSTMCell(ProjectedLSTMCellBase):
         """z = u + [h¹·W_h¹ … hᵏ·W_hᵏ] (gate-major)."""
         return u + self._grouped_matmul(h, self.recurrent_kernel)
 
-    # Group-major scan layout: u, z `(k, ..., B, 4, n/k)` and c, m
-    # `(k, ..., B, n/k)`, the time axis (when stacked) right after k. It is
-    # what the batched GEMMs emit (the group is their batch axis, which XLA
-    # puts first), so the fused scan runs without the transposes to and from
-    # gate-major `(B, 4n)`: on an H200 those took 2.2 of G4's 11.1 ms of
-    # kernels per LM1B step (benchmarks/results/profile_lm_step/).
-    scan_time_axis = 1
-
-    def _group_major(self, vector, ndim):
-        """A gate-major bias `(4n,)` or peephole `(n,)`, shaped to broadcast
-        against a group-major array of rank `ndim`."""
-        k, n = self.groups, self.units
-        gates = vector.shape[0] // n
-        vector = ops.transpose(ops.reshape(vector, (gates, k, n // k)), (1, 0, 2))
-        inner = (gates, n // k) if gates > 1 else (n // k,)
-        return ops.reshape(vector, (k,) + (1,) * (ndim - 1 - len(inner)) + inner)
-
-    def _grouped_matmul_group_major(self, v, kernel):
-        """`(..., k·a)` times the groups' maps, as `(k, ..., 4, n/k)`."""
-        k, n = self.groups, self.units
-        rows = kernel.shape[1]
-        v = ops.reshape(v, (*ops.shape(v)[:-1], k, rows))
-        w = ops.reshape(kernel, (k, rows, 4, n // k))
-        return ops.einsum("...ka,kagu->k...gu", v, w)
-
-    def scan_input_term(self, x):
-        z = self._grouped_matmul_group_major(x, self.kernel)
-        return self.add_bias(z, lambda b: self._group_major(b, len(z.shape)))
-
-    def scan_preactivations(self, u, h):
-        return u + self._grouped_matmul_group_major(h, self.recurrent_kernel)
-
-    def scan_gates(self, z, c_prev):
-        peepholes = self.peepholes
-        if peepholes is not None:
-            peepholes = tuple(self._group_major(w, len(c_prev.shape)) for w in peepholes)
-        return self.apply_gates(z, c_prev, peepholes, gate_axis=-2)
-
-    def scan_project(self, m):
-        if self.projection_kernel is None:
-            return self.from_scan_state(m)
-        k, n = self.groups, self.units
-        p = ops.reshape(self.projection_kernel, (k, n // k, self.output_units))
-        return self.clip_projection(ops.einsum("k...u,kup->...p", m, p))
-
-    def to_scan_state(self, c):
-        k, n = self.groups, self.units
-        c = ops.reshape(c, (*ops.shape(c)[:-1], k, n // k))
-        return ops.moveaxis(c, -2, 0)
-
-    def from_scan_state(self, c):
-        c = ops.moveaxis(c, 0, -2)
-        return ops.reshape(c, (*ops.shape(c)[:-2], self.units))
-
     def get_config(self):
         return {**super().get_config(), "groups": self.groups}
