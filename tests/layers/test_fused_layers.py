@@ -16,6 +16,10 @@ KINDS = {
     "lstmp_peep_clip": (LSTMP, LSTMPCell, (12,), {"projection_units": 4, "use_peepholes": True, "cell_clip": 0.5, "projection_clip": 0.3}),
     "flstm": (FLSTM, FLSTMCell, (12, 3), {"projection_units": 4}),
     "glstm": (GLSTM, GLSTMCell, (12, 2), {"projection_units": 4}),
+    # k = 4 groups of 3 units: the group-major scan layout's peepholes,
+    # clips and the unprojected h.
+    "glstm4_peep_clip": (GLSTM, GLSTMCell, (12, 4), {"projection_units": 4, "use_peepholes": True, "cell_clip": 0.5, "projection_clip": 0.3}),
+    "glstm4_unprojected": (GLSTM, GLSTMCell, (12, 4), {}),
 }
 kinds = pytest.mark.parametrize("kind", KINDS)
 
