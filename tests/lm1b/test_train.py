@@ -305,6 +305,64 @@ def test_jax_sparse_vocabulary_updates_equal_the_dense_ones():
     assert "optimizer=2" in result["adam_error"] and "sparse_vocab=None" in result["adam_error"]
 
 
+_SHARDED_LSTM = r"""
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+import dataclasses, json, keras, numpy as np
+from lm1b.hparams import HParams
+from lm1b.runners import JaxRunner
+
+rng = np.random.default_rng(0)
+batches = []
+for _ in range(3):
+    x = rng.integers(0, 1543, (8, 6)).astype("int32")
+    batches.append((x, np.roll(x, -1, 1), (rng.random(x.shape) > 0.2).astype("float32")))
+common = "vocab_size=1543,batch_size=2,num_steps=6,keep_prob=0.8,num_sampled=64,num_gpus=4,average_params=true"
+result = {}
+# "odd": P is (6, 6), which 4 devices do not divide: it stays replicated
+# next to the sliced W and b. max_grad_norm=0.05 clips at every step.
+for name, sizes, policy in (("odd", "emb_size=6,state_size=6,projected_size=6,max_grad_norm=0.05", "float32"),
+                            ("bf16", "emb_size=16,state_size=32,projected_size=16", "mixed_bfloat16")):
+    keras.config.set_dtype_policy(policy)
+    for shard in (False, True):
+        keras.utils.set_random_seed(1)
+        runner = JaxRunner(HParams.parse(common + "," + sizes), shard_lstm=shard)
+        losses = [float(runner.train_step(tuple(runner.shard(a) for a in b))[0]) for b in batches]
+        lstm_state = runner._state[2]
+        slices = [[list(a.shape), list(a.addressable_shards[0].data.shape)] for a in lstm_state]
+        runner.sync()
+        result[f"{name}_{shard}"] = {"losses": losses, "slices": slices, "values": [
+            v.numpy().astype("float32").tolist()
+            for v in runner.model.weights + runner.optimizers[0].variables]}
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.tf_backend
+def test_jax_sharded_lstm_update_equals_the_replicated_one():
+    """Four JAX devices: keeping 1/4 of each LSTM weight and of its Adagrad
+    accumulator and EMA per device (gathered for the step, gradients
+    reduce-scattered) gives the weights, accumulators and averages of the
+    replicated update, with clipping, float32 and mixed bfloat16, and with a
+    weight that stays replicated because 4 divides none of its axes."""
+    result = _python(_SHARDED_LSTM, backend="jax")
+    for name, tolerance in (("odd", 1e-6), ("bf16", 2e-5)):
+        replicated, sharded = result[f"{name}_False"], result[f"{name}_True"]
+        # The forward pass is the same computation: the first loss is equal.
+        assert sharded["losses"][0] == replicated["losses"][0]
+        np.testing.assert_allclose(sharded["losses"], replicated["losses"], rtol=tolerance)
+        assert len(set(sharded["losses"])) == 3
+        for a, b in zip(sharded["values"], replicated["values"]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tolerance)
+        assert all(full == local for full, local in replicated["slices"])
+    sliced = [(full, local) for full, local in result["bf16_True"]["slices"] if full != local]
+    assert len(sliced) == 8  # the average and the accumulator of W_x, W_h, b and P
+    for full, local in sliced:  # one axis, split in 4
+        assert sum(f != l for f, l in zip(full, local)) == 1 and np.prod(full) == 4 * np.prod(local)
+    odd = result["odd_True"]["slices"]
+    assert [6, 6] in [local for _, local in odd] and any(f != l for f, l in odd)
+
+
 @pytest.mark.tf_backend
 def test_jax_checkpoint_evaluates_the_same_on_tensorflow(tmp_path):
     common = ["--datadir", TINY_CORPUS, "--logdir", str(tmp_path)]
