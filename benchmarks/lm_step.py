@@ -12,7 +12,12 @@ paper's (`--preset` values of lm1b/hparams.py): emb = p = 1024, n = 8192,
 batch 256 per GPU, 20 steps. Inputs are random word ids (the step's cost
 does not depend on them).
 
-Each model's words/s is the median of `--steps` steps after warm-up; the
+Each model's words/s is measured as lm1b/train.py runs the step: `--steps`
+steps dispatched back to back and the loss read after the last one (the
+trainer reads it every log_every steps), median of `--windows` such windows
+after warm-up. `words_per_s_waited` also gives the median of `--steps` single
+steps, each waited for before the next is dispatched: that adds the host's
+dispatch time to every step, more with more GPUs. The
 ratio is over BIGLSTM in the same run, and with `--num_gpus 1,4` the scaling
 is over the same model on one GPU of the same machine, in the same run. The
 JSON also holds every model's exact RNN parameter count (paper Table 1) and
@@ -47,12 +52,14 @@ PAPER = {
 
 def make_step(preset, vocab_updates, num_gpus, args):
     """(runner, step): lm1b's JaxRunner for one Table 1 model, and a function
-    that runs one training step on a fixed random batch and waits for it."""
+    that runs one training step on a fixed random batch; ``step()`` waits for
+    it, ``step(wait=False)`` only dispatches it and returns its loss sum."""
     overrides = f"num_gpus={num_gpus},vocab_size={args.vocab_size},batch_size={args.batch_size}"
     hps = HParams.from_preset(preset, ",".join(filter(None, [overrides, args.hparams])))
     keras.config.set_dtype_policy("mixed_bfloat16" if args.dtype == "bf16" else "float32")
     try:
-        runner = JaxRunner(hps, sparse_vocab=vocab_updates == "sparse")
+        runner = JaxRunner(hps, sparse_vocab=vocab_updates == "sparse",
+                           shard_lstm=args.lstm_update == "sharded")
     finally:
         keras.config.set_dtype_policy("float32")
     rows = hps.batch_size * num_gpus
@@ -60,9 +67,11 @@ def make_step(preset, vocab_updates, num_gpus, args):
     x = rng.integers(0, hps.vocab_size, (rows, hps.num_steps)).astype("int32")
     batch = tuple(runner.shard(a) for a in (x, np.roll(x, -1, axis=1), np.ones(x.shape, "float32")))
 
-    def step():
+    def step(wait=True):
         loss_sum, _ = runner.train_step(batch)
-        float(loss_sum)  # blocks until the step is done
+        if wait:
+            float(loss_sum)  # blocks until the step is done
+        return loss_sum
 
     return runner, step
 
@@ -77,20 +86,31 @@ def time_model(preset, vocab_updates, num_gpus, args):
     compile_s = time.perf_counter() - start
     for _ in range(args.warmup):
         step()
-    times = []
+    windows = []
+    for _ in range(args.windows):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            loss_sum = step(wait=False)
+        float(loss_sum)
+        windows.append((time.perf_counter() - t0) / args.steps)
+    seconds = statistics.median(windows)
+    waited = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
+        waited.append(time.perf_counter() - t0)
+    waited_seconds = statistics.median(waited)
     rnn_params = sum(rnn.count_params() for rnn in runner.model.rnns)
+    words = rows * hps.num_steps
     return {
         "model": preset,
         "num_gpus": num_gpus,
         "vocab_updates": vocab_updates,
-        "words_per_s": rows * hps.num_steps / seconds,
-        "words_per_s_per_gpu": rows * hps.num_steps / seconds / num_gpus,
+        "words_per_s": words / seconds,
+        "words_per_s_per_gpu": words / seconds / num_gpus,
         "step_ms": round(1000 * seconds, 2),
+        "words_per_s_waited": words / waited_seconds,
+        "step_ms_waited": round(1000 * waited_seconds, 2),
         "compile_s": round(compile_s, 1),
         "rnn_params": rnn_params,
         "paper_words_per_s_4xV100": PAPER[preset]["words_per_s"],
@@ -108,6 +128,8 @@ def _compare(rows):
         r["ratio_vs_biglstm"] = round(r["words_per_s"] / base["words_per_s"], 3) if base else None
         r["scaling_vs_1_gpu"] = (round(r["words_per_s"] / one["words_per_s"], 3)
                                  if one and r["num_gpus"] > 1 else None)
+        r["scaling_vs_1_gpu_waited"] = (round(r["words_per_s_waited"] / one["words_per_s_waited"], 3)
+                                        if one and r["num_gpus"] > 1 and "words_per_s_waited" in r else None)
         paper = PAPER[r["model"]]["words_per_s"]
         r["paper_ratio_vs_biglstm"] = round(paper / paper_base, 3) if paper else None
 
@@ -117,12 +139,15 @@ def main():
     parser.add_argument("--models", default=",".join(PAPER))
     parser.add_argument("--num_gpus", default="1", help="GPU counts to time, e.g. 1,4")
     parser.add_argument("--vocab_updates", default="sparse", help="sparse, dense, or both: sparse,dense")
+    parser.add_argument("--lstm_update", choices=["sharded", "replicated"], default="sharded",
+                        help="the runner's sharded LSTM update (its default on several GPUs), or not")
     parser.add_argument("--dtype", choices=["tf32", "bf16"], default="bf16")
     parser.add_argument("--vocab_size", type=int, default=793_470)
     parser.add_argument("--batch_size", type=int, default=256, help="per GPU")
     parser.add_argument("--hparams", default="", help="extra k=v overrides (e.g. for a small smoke run)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows (median)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     bad = set(args.vocab_updates.split(",")) - {"sparse", "dense"}
@@ -146,14 +171,17 @@ def main():
         "machine": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
         "backend": "jax",
         "dtype": args.dtype,
+        "lstm_update": args.lstm_update,
         "shapes": {"vocab": args.vocab_size, "emb": 1024, "proj": 1024, "state": 8192, "layers": 2,
                    "num_sampled": 8192, "batch_per_gpu": args.batch_size, "num_steps": 20},
-        "timing": f"median of {args.steps} steps after {args.warmup} warm-up steps",
+        "timing": (f"{args.warmup} warm-up steps; words_per_s: median of {args.windows} windows of "
+                   f"{args.steps} steps dispatched back to back; words_per_s_waited: median of "
+                   f"{args.steps} steps each waited for"),
         "host": platform.node(),
         "rows": [],
     }
     print(f"{'model':10s} {'GPUs':>4s} {'vocab':>6s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} "
-          f"{'scaling':>8s} {'paper':>8s} {'RNN params':>12s}", flush=True)
+          f"{'scaling':>8s} {'waited':>10s} {'scaling':>8s} {'paper':>8s} {'RNN params':>12s}", flush=True)
     runs = [(m, u, n) for n in gpu_counts for u in args.vocab_updates.split(",") for m in args.models.split(",")]
     for preset, vocab_updates, num_gpus in runs:
         row = time_model(preset, vocab_updates, num_gpus, args)
@@ -161,8 +189,10 @@ def main():
         _compare(result["rows"])
         ratio = f"{row['ratio_vs_biglstm']:.2f}x" if row["ratio_vs_biglstm"] else "-"
         scaling = f"{row['scaling_vs_1_gpu']:.2f}x" if row["scaling_vs_1_gpu"] else "-"
+        waited = f"{row['scaling_vs_1_gpu_waited']:.2f}x" if row["scaling_vs_1_gpu_waited"] else "-"
         print(f"{preset:10s} {num_gpus:4d} {vocab_updates:>6s} {row['words_per_s']:10,.0f} "
               f"{row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} {scaling:>8s} "
+              f"{row['words_per_s_waited']:10,.0f} {waited:>8s} "
               f"{row['paper_words_per_s_4xV100'] or 0:8,} {row['rnn_params']:12,}", flush=True)
         if args.out:
             with open(args.out, "w") as f:

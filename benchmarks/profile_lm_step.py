@@ -72,6 +72,7 @@ def main():
     parser.add_argument("--model", default="BIGLSTM")
     parser.add_argument("--num_gpus", type=int, default=1)
     parser.add_argument("--vocab_updates", default="sparse", choices=["sparse", "dense"])
+    parser.add_argument("--lstm_update", choices=["sharded", "replicated"], default="sharded")
     parser.add_argument("--dtype", choices=["tf32", "bf16"], default="bf16")
     parser.add_argument("--vocab_size", type=int, default=793_470)
     parser.add_argument("--batch_size", type=int, default=256)
