@@ -12,10 +12,11 @@ paper's (`--preset` values of lm1b/hparams.py): emb = p = 1024, n = 8192,
 batch 256 per GPU, 20 steps. Inputs are random word ids (the step's cost
 does not depend on them).
 
-Each model's words/s is measured as lm1b/train.py runs the step: `--steps`
-steps dispatched back to back and the loss read after the last one (the
+Each model's words/s is measured the way lm1b/train.py dispatches the step:
+`--steps` steps back to back and the loss read after the last one (the
 trainer reads it every log_every steps), median of `--windows` such windows
-after warm-up. `words_per_s_waited` also gives the median of `--steps` single
+after warm-up; unlike the trainer, every step reuses one batch already on
+the devices (`benchmarks/input_pipeline.py` times the input). `words_per_s_waited` also gives the median of `--steps` single
 steps, each waited for before the next is dispatched: that adds the host's
 dispatch time to every step, more with more GPUs. The
 ratio is over BIGLSTM in the same run, and with `--num_gpus 1,4` the scaling
@@ -59,7 +60,8 @@ def make_step(preset, vocab_updates, num_gpus, args):
     keras.config.set_dtype_policy("mixed_bfloat16" if args.dtype == "bf16" else "float32")
     try:
         runner = JaxRunner(hps, sparse_vocab=vocab_updates == "sparse",
-                           shard_lstm=args.lstm_update == "sharded")
+                           # the runner's default: sharded only on several GPUs
+                           shard_lstm=None if args.lstm_update == "sharded" else False)
     finally:
         keras.config.set_dtype_policy("float32")
     rows = hps.batch_size * num_gpus

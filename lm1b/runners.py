@@ -317,6 +317,8 @@ class JaxRunner:
             yield tuple(self.shard(a) for a in batch)
 
     def train_step(self, batch):
+        if self._keras_copies:
+            self._free_keras_copies()
         self._state, loss_sum, tokens, self.states = self._step(self._state, *batch, self.states)
         return loss_sum, tokens
 
@@ -324,20 +326,36 @@ class JaxRunner:
         """Takes the arrays from the Keras variables (after a restore)."""
         import jax
 
-        lists = (self.model.trainable_variables, self.model.non_trainable_variables,
-                 self.optimizers[0].variables, self.optimizers[1].variables)
         self._state = jax.device_put(
-            tuple([v.value for v in variables] for variables in lists), self._state_shardings)
+            tuple([v.value for v in variables] for variables in self._variable_lists()),
+            self._state_shardings)
+        self._keras_copies = True
 
     def sync(self):
-        """Writes the arrays into the Keras variables (before a save)."""
+        """Writes the arrays into the Keras variables (before a save). They
+        hold them until the next step."""
         import jax
 
-        lists = (self.model.trainable_variables, self.model.non_trainable_variables,
-                 self.optimizers[0].variables, self.optimizers[1].variables)
-        for variables, values in zip(lists, self._state):
+        for variables, values in zip(self._variable_lists(), self._state):
             for variable, value in zip(variables, values):
                 variable.assign(jax.device_put(value, self._replicated))
+        self._keras_copies = True
+
+    def _variable_lists(self):
+        return (self.model.trainable_variables, self.model.non_trainable_variables,
+                self.optimizers[0].variables, self.optimizers[1].variables)
+
+    def _free_keras_copies(self):
+        """Deletes the whole copies that the Keras variables hold of sliced
+        LSTM weights and optimizer variables, which would otherwise sit on
+        every device beside the slices. (The replicated arrays they share
+        with the step, the step donates.) The variables hold no value again
+        until :meth:`sync`."""
+        for variables, values in zip(self._variable_lists(), self._state):
+            for variable, value in zip(variables, values):
+                if _sliced_axis(value.sharding.spec) is not None and not variable.value.is_deleted():
+                    variable.value.delete()
+        self._keras_copies = False
 
     def _slice_spec(self, shape):
         """How the sharded LSTM update splits a weight (or its optimizer

@@ -327,11 +327,17 @@ for name, sizes, policy in (("odd", "emb_size=6,state_size=6,projected_size=6,ma
     for shard in (False, True):
         keras.utils.set_random_seed(1)
         runner = JaxRunner(HParams.parse(common + "," + sizes), shard_lstm=shard)
-        losses = [float(runner.train_step(tuple(runner.shard(a) for a in b))[0]) for b in batches]
+        losses = []
+        for i, b in enumerate(batches):
+            losses.append(float(runner.train_step(tuple(runner.shard(a) for a in b))[0]))
+            if i == 1:
+                runner.sync()  # as before a save; training goes on
         lstm_state = runner._state[2]
         slices = [[list(a.shape), list(a.addressable_shards[0].data.shape)] for a in lstm_state]
+        # Whole copies the Keras variables still hold beside the step's arrays.
+        copies = sum(not v.value.is_deleted() for variables in runner._variable_lists() for v in variables)
         runner.sync()
-        result[f"{name}_{shard}"] = {"losses": losses, "slices": slices, "values": [
+        result[f"{name}_{shard}"] = {"losses": losses, "slices": slices, "copies": copies, "values": [
             v.numpy().astype("float32").tolist()
             for v in runner.model.weights + runner.optimizers[0].variables]}
 print(json.dumps(result))
@@ -344,7 +350,8 @@ def test_jax_sharded_lstm_update_equals_the_replicated_one():
     accumulator and EMA per device (gathered for the step, gradients
     reduce-scattered) gives the weights, accumulators and averages of the
     replicated update, with clipping, float32 and mixed bfloat16, and with a
-    weight that stays replicated because 4 divides none of its axes."""
+    weight that stays replicated because 4 divides none of its axes. No
+    whole copy stays on the devices beside the slices."""
     result = _python(_SHARDED_LSTM, backend="jax")
     for name, tolerance in (("odd", 1e-6), ("bf16", 2e-5)):
         replicated, sharded = result[f"{name}_False"], result[f"{name}_True"]
@@ -355,6 +362,7 @@ def test_jax_sharded_lstm_update_equals_the_replicated_one():
         for a, b in zip(sharded["values"], replicated["values"]):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tolerance)
         assert all(full == local for full, local in replicated["slices"])
+        assert sharded["copies"] == replicated["copies"] == 0
     sliced = [(full, local) for full, local in result["bf16_True"]["slices"] if full != local]
     assert len(sliced) == 8  # the average and the accumulator of W_x, W_h, b and P
     for full, local in sliced:  # one axis, split in 4
