@@ -360,11 +360,12 @@ class JaxRunner:
     def _slice_spec(self, shape):
         """How the sharded LSTM update splits a weight (or its optimizer
         state) of this shape: along its first axis that the device count
-        divides; replicated without one, or when not sharding."""
+        divides; replicated without one, when not sharding, or on one device
+        (where a slice would be the whole array)."""
         import jax
 
         axes = [None] * len(shape)
-        if self.shard_lstm:
+        if self.shard_lstm and self.num_replicas > 1:
             for axis, size in enumerate(shape):
                 if size % self.num_replicas == 0:
                     axes[axis] = self._axis

@@ -317,19 +317,22 @@ batches = []
 for _ in range(3):
     x = rng.integers(0, 1543, (8, 6)).astype("int32")
     batches.append((x, np.roll(x, -1, 1), (rng.random(x.shape) > 0.2).astype("float32")))
-common = "vocab_size=1543,batch_size=2,num_steps=6,keep_prob=0.8,num_sampled=64,num_gpus=4,average_params=true"
+common = "vocab_size=1543,batch_size=2,num_steps=6,keep_prob=0.8,num_sampled=64,average_params=true"
 result = {}
 # "odd": P is (6, 6), which 4 devices do not divide: it stays replicated
 # next to the sliced W and b. max_grad_norm=0.05 clips at every step.
-for name, sizes, policy in (("odd", "emb_size=6,state_size=6,projected_size=6,max_grad_norm=0.05", "float32"),
-                            ("bf16", "emb_size=16,state_size=32,projected_size=16", "mixed_bfloat16")):
+# "one": shard_lstm=True on one device, where there is nothing to slice.
+for name, sizes, policy in (("odd", "emb_size=6,state_size=6,projected_size=6,max_grad_norm=0.05,num_gpus=4", "float32"),
+                            ("bf16", "emb_size=16,state_size=32,projected_size=16,num_gpus=4", "mixed_bfloat16"),
+                            ("one", "emb_size=16,state_size=32,projected_size=16,num_gpus=1", "float32")):
     keras.config.set_dtype_policy(policy)
     for shard in (False, True):
         keras.utils.set_random_seed(1)
         runner = JaxRunner(HParams.parse(common + "," + sizes), shard_lstm=shard)
+        rows = runner.hps.batch_size * runner.num_replicas
         losses = []
         for i, b in enumerate(batches):
-            losses.append(float(runner.train_step(tuple(runner.shard(a) for a in b))[0]))
+            losses.append(float(runner.train_step(tuple(runner.shard(a[:rows]) for a in b))[0]))
             if i == 1:
                 runner.sync()  # as before a save; training goes on
         lstm_state = runner._state[2]
@@ -350,10 +353,11 @@ def test_jax_sharded_lstm_update_equals_the_replicated_one():
     accumulator and EMA per device (gathered for the step, gradients
     reduce-scattered) gives the weights, accumulators and averages of the
     replicated update, with clipping, float32 and mixed bfloat16, and with a
-    weight that stays replicated because 4 divides none of its axes. No
-    whole copy stays on the devices beside the slices."""
+    weight that stays replicated because 4 divides none of its axes; on one
+    device it is the replicated update. No whole copy stays on the devices
+    beside the slices."""
     result = _python(_SHARDED_LSTM, backend="jax")
-    for name, tolerance in (("odd", 1e-6), ("bf16", 2e-5)):
+    for name, tolerance in (("odd", 1e-6), ("bf16", 2e-5), ("one", 0)):
         replicated, sharded = result[f"{name}_False"], result[f"{name}_True"]
         # The forward pass is the same computation: the first loss is equal.
         assert sharded["losses"][0] == replicated["losses"][0]
