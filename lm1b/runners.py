@@ -280,8 +280,6 @@ class JaxRunner:
         self._lstm, self._other = _indices(self.model)
         self.shard_lstm = self.num_replicas > 1 if shard_lstm is None else bool(shard_lstm)
         self._gather_dtype = keras.backend.standardize_dtype(self.model.compute_dtype)
-        self._lstm_specs = [self._slice_spec(self.model.trainable_variables[i].shape)
-                            for i in self._lstm]
         # All non-trainable variables are seed states; this one draws the
         # sampled classes, shared by the global batch.
         self._sampler_seed = next(i for i, v in enumerate(self.model.non_trainable_variables)
@@ -295,6 +293,7 @@ class JaxRunner:
             self._vocab_tables = [fields[id(model.trainable_variables[i])] for i in self._other]
             self._row_optimizer, self._row_slots = self._build_row_optimizer(rows)
         self._state_shardings = self._shardings_of_state()
+        self._lstm_specs = [self._state_shardings[0][i].spec for i in self._lstm]
         self._step = jax.jit(
             self._train_step,
             in_shardings=(self._state_shardings, *[self._rows] * 4),
@@ -410,9 +409,7 @@ class JaxRunner:
         # x_rows, y_rows and the labels' expected counts follow the batch rows.
         rows_spec = whole if rows is None else VocabRows(
             whole, whole, by_rows, by_rows, whole, (by_rows, whole), whole, whole, whole)
-        trainable_specs = [whole] * len(trainable)
-        for i, spec in zip(self._lstm, self._lstm_specs):
-            trainable_specs[i] = spec
+        trainable_specs = [sharding.spec for sharding in self._state_shardings[0]]
         replica_gradients = jax.shard_map(
             self._replica_gradients, mesh=self._mesh,
             in_specs=(trainable_specs, whole, rows_spec, by_rows, by_rows, by_rows, by_rows),
@@ -485,15 +482,19 @@ class JaxRunner:
         (loss_sum, (tokens, states, non_trainable)), (lstm_grads, other_grads) = jax.value_and_grad(
             objective, argnums=(0, 1), has_aux=True)(lstm_values, other_values)
         non_trainable = [v - o for v, o in zip(non_trainable, offsets)]
-        axes = [_sliced_axis(spec) for spec in self._lstm_specs]
-        replicated = [g for g, axis in zip(lstm_grads, axes) if axis is None]
-        loss_sum, tokens, replicated, other_grads = jax.lax.psum(
-            (loss_sum, tokens, replicated, other_grads), self._axis)
-        replicated = iter(replicated)
-        lstm_grads = [next(replicated) if axis is None else
-                      jax.lax.psum_scatter(g, self._axis, scatter_dimension=axis, tiled=True)
-                      for g, axis in zip(lstm_grads, axes)]
+        loss_sum, tokens, other_grads = jax.lax.psum((loss_sum, tokens, other_grads), self._axis)
+        lstm_grads = [self._sum_into_slice(g, spec) for g, spec in zip(lstm_grads, self._lstm_specs)]
         return loss_sum, tokens, lstm_grads, other_grads, states, non_trainable
+
+    def _sum_into_slice(self, gradient, spec):
+        """The gradient summed over the devices: each device's slice of it
+        (``spec``'s), or the whole of it for a replicated weight."""
+        import jax
+
+        axis = _sliced_axis(spec)
+        if axis is None:
+            return jax.lax.psum(gradient, self._axis)
+        return jax.lax.psum_scatter(gradient, self._axis, scatter_dimension=axis, tiled=True)
 
     def _gather(self, value, spec):
         """The whole weight from the devices' slices, gathered in the compute
