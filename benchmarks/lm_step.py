@@ -146,8 +146,6 @@ def main():
     parser.add_argument("--dtype", choices=["fp32", "tf32", "bf16"], default="bf16",
                         help="bf16: mixed_bfloat16; tf32: float32 with TF32 matmuls; fp32: float32, TF32 off "
                              "(the paper's precision)")
-    parser.add_argument("--glstm_kernels", choices=["pallas", "xla"], default="pallas",
-                        help="the G-LSTM's gate-major Pallas kernels (the default on GPU), or XLA's einsum")
     parser.add_argument("--vocab_size", type=int, default=793_470)
     parser.add_argument("--batch_size", type=int, default=256, help="per GPU")
     parser.add_argument("--hparams", default="", help="extra k=v overrides (e.g. for a small smoke run)")
@@ -167,10 +165,6 @@ def main():
         parser.error("run with KERAS_BACKEND=jax: this measures the JAX DataParallel step")
     import jax
 
-    from keras_flstm import jax_grouped_matmul
-
-    if args.glstm_kernels == "xla":
-        jax_grouped_matmul.KERNEL_PLATFORMS = ()
     if args.dtype != "bf16":
         jax.config.update("jax_default_matmul_precision", "highest" if args.dtype == "fp32" else "tensorfloat32")
     result = {
@@ -184,7 +178,6 @@ def main():
         "backend": "jax",
         "dtype": args.dtype,
         "lstm_update": args.lstm_update,
-        "glstm_kernels": args.glstm_kernels,
         "shapes": {"vocab": args.vocab_size, "emb": 1024, "proj": 1024, "state": 8192, "layers": 2,
                    "num_sampled": 8192, "batch_per_gpu": args.batch_size, "num_steps": 20},
         "timing": (f"{args.warmup} warm-up steps; words_per_s: median of {args.windows} windows of "

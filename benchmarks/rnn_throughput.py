@@ -6,8 +6,7 @@ B = 256, T = 20), on the Keras JAX backend:
     KERAS_BACKEND=jax python benchmarks/rnn_throughput.py --out benchmarks/results/rnn_throughput_h200.json
 
 For every cell (LSTMP, F512, G2, G4, G8), implementation (fused layer,
-`fused_xla`: the fused layer without the G-LSTM's Pallas kernels,
-`fused_unrolled`, plain `keras.layers.RNN(cell)`) and dtype (fp32 with TF32 off, TF32,
+plain `keras.layers.RNN(cell)`) and dtype (fp32 with TF32 off, TF32,
 bf16), it times the median of `--steps` training steps after warm-up. When
 torch with CUDA is importable, `torch.nn.LSTM(proj_size=...)` on cuDNN runs
 in the same process as the peer, and every row gets its ratio against it.
@@ -54,7 +53,7 @@ def build_model(cell_name, impl, layers, units, proj, dim, policy):
         inputs = keras.Input((None, dim))
         h = inputs
         for _ in range(layers):
-            if impl in ("fused", "fused_unrolled", "fused_xla"):
+            if impl in ("fused", "fused_unrolled"):
                 layer = layer_cls(units, projection_units=proj, return_sequences=True, unroll=impl == "fused_unrolled", **extra)
             elif impl == "rnn_cell":
                 layer = keras.layers.RNN(cell_cls(units, projection_units=proj, **extra), return_sequences=True)
@@ -134,22 +133,6 @@ def matmul_precision(dtype):
 
     with jax.default_matmul_precision("highest" if dtype == "fp32" else "tensorfloat32"):
         yield
-
-
-@contextlib.contextmanager
-def grouped_kernels(enabled):
-    """The fused layer with (fused) or without (fused_xla) the G-LSTM's
-    gate-major Pallas kernels, for the time the model is traced."""
-    if enabled or keras.backend.backend() != "jax":
-        yield
-        return
-    from keras_flstm import jax_grouped_matmul
-
-    saved, jax_grouped_matmul.KERNEL_PLATFORMS = jax_grouped_matmul.KERNEL_PLATFORMS, ()
-    try:
-        yield
-    finally:
-        jax_grouped_matmul.KERNEL_PLATFORMS = saved
 
 
 def torch_cudnn_lstmp(args, dtype):
@@ -246,7 +229,7 @@ def main():
         probe = rng.normal(0, 1, (args.batch, args.time, args.proj or args.units)).astype("float32")
         for name in cells:
             for impl in args.impls.split(","):
-                with matmul_precision(dtype), grouped_kernels(impl != "fused_xla"):
+                with matmul_precision(dtype):
                     model = build_model(name, impl, args.layers, args.units, args.proj, args.dim, policy)
                     start = time.perf_counter()
                     step = make_train_step(model, x, probe)

@@ -1,8 +1,5 @@
 """G-LSTM: the LSTM whose affine map is split into k independent groups (Kuchaiev & Ginsburg, 2017)."""
 
-import math
-
-import keras
 from keras import initializers
 from keras import ops
 from keras.saving import register_keras_serializable
@@ -125,15 +122,6 @@ class GLSTMCell(ProjectedLSTMCellBase):
         k, n = self.groups, self.units
         rows = kernel.shape[1]
         lead = ops.shape(v)[:-1]
-        if keras.backend.backend() == "jax":
-            # Kernels that write gate-major z in place, where XLA's batched
-            # GEMM would transpose v and z (see the module).
-            from keras_flstm import jax_grouped_matmul
-
-            kernel = ops.convert_to_tensor(kernel)
-            batch_rows = None if None in lead else math.prod(lead)
-            if jax_grouped_matmul.supported(batch_rows, kernel.shape, v.dtype, kernel.dtype):
-                return jax_grouped_matmul.gate_major(v, kernel)
         v = ops.reshape(v, (-1, k, rows))
         # Viewing each group's columns as (gate, unit) lets one einsum emit
         # the per-gate concatenation directly.
