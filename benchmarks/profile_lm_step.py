@@ -25,6 +25,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lm_step import make_step  # noqa: E402
+from rnn_throughput import matmul_precision  # noqa: E402
 
 
 def union_ns(intervals):
@@ -73,7 +74,8 @@ def main():
     parser.add_argument("--num_gpus", type=int, default=1)
     parser.add_argument("--vocab_updates", default="sparse", choices=["sparse", "dense"])
     parser.add_argument("--lstm_update", choices=["sharded", "replicated"], default="sharded")
-    parser.add_argument("--dtype", choices=["tf32", "bf16"], default="bf16")
+    parser.add_argument("--dtype", choices=["fp32", "tf32", "bf16"], default="bf16",
+                        help="as lm_step.py's --dtype")
     parser.add_argument("--vocab_size", type=int, default=793_470)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--hparams", default="")
@@ -81,15 +83,16 @@ def main():
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--out", default=None, help="write the summary as JSON here")
     args = parser.parse_args()
-    _, step = make_step(args.model, args.vocab_updates, args.num_gpus, args)
-    for _ in range(3):
-        step()
     logdir = tempfile.mkdtemp()
-    start = time.perf_counter()
-    with jax.profiler.trace(logdir):
-        for _ in range(args.steps):
+    with matmul_precision(args.dtype):  # the step compiles on its first call, inside
+        _, step = make_step(args.model, args.vocab_updates, args.num_gpus, args)
+        for _ in range(3):
             step()
-    wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
+        start = time.perf_counter()
+        with jax.profiler.trace(logdir):
+            for _ in range(args.steps):
+                step()
+        wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
     path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
     nccl, compute = [], []
     totals, counts, examples, scopes = (collections.Counter(), collections.Counter(), {},
