@@ -95,17 +95,17 @@ def main():
         gpus = gpu_list(args.gpus)
     except ValueError as e:
         parser.error(str(e))
-    failed = {}
+    train_failures = {}
     if not args.eval_only:
         for name, hparams, _, _ in runs:
             print(f"=== {name}: {hparams}", flush=True)
-        failed = run_on_gpus([common + ["--log_every", "50"] for *_, common in runs], gpus)
+        train_failures = run_on_gpus([common + ["--log_every", "50"] for *_, common in runs], gpus)
     # A model whose training failed is left out; the others are still
     # evaluated and written.
-    trained = [run for i, run in enumerate(runs) if i not in failed]
+    trained = [run for i, run in enumerate(runs) if i not in train_failures]
     eval_data = ["--datadir", args.eval_datadir] if args.eval_datadir else []
-    evaluated = run_on_gpus([common + ["--mode", "eval_full"] + eval_data for *_, common in trained], gpus)
-    failed = list(failed.values()) + list(evaluated.values())
+    eval_failures = run_on_gpus([common + ["--mode", "eval_full"] + eval_data for *_, common in trained], gpus)
+    failed = list(train_failures.values()) + list(eval_failures.values())
     for name, hparams, logdir, _ in trained:
         records = read_jsonl(os.path.join(logdir, "metrics.jsonl"))
         train = [r for r in records if r.get("mode", "train") == "train"]
@@ -179,6 +179,7 @@ def run_on_gpus(commands, gpus):
         for *_, process in running.values():
             process.terminate()
     return failed
+
 
 if __name__ == "__main__":
     main()
