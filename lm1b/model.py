@@ -305,12 +305,19 @@ def build_model_and_optimizers(hparams, gradient_copies=1):
     return model, optimizers
 
 
+def split_indices(model):
+    """(lstm, other): the positions in ``model.trainable_variables`` of the
+    LSTM variables and of the rest, in order."""
+    lstm_ids = {id(v) for v in model.lstm_variables}
+    lstm = [i for i, v in enumerate(model.trainable_variables) if id(v) in lstm_ids]
+    other = [i for i, v in enumerate(model.trainable_variables) if id(v) not in lstm_ids]
+    return lstm, other
+
+
 def split_variables(model):
     """(lstm, other): the model's trainable variables, as the two optimizers take them."""
-    lstm_ids = {id(v) for v in model.lstm_variables}
-    lstm = [v for v in model.trainable_variables if id(v) in lstm_ids]
-    other = [v for v in model.trainable_variables if id(v) not in lstm_ids]
-    return lstm, other
+    variables = model.trainable_variables
+    return tuple([variables[i] for i in indices] for indices in split_indices(model))
 
 
 def flm_gradients(model, grads, tokens):

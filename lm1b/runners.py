@@ -19,6 +19,7 @@ from lm1b.model import build_model_and_optimizers
 from lm1b.model import VocabRows
 from lm1b.model import build_optimizers
 from lm1b.model import flm_gradients
+from lm1b.model import split_indices
 
 # Added to the first word of every seed state on TF replica r and JAX device
 # r (times r), so that replicas draw their own dropout masks, as f-lm's towers
@@ -62,13 +63,6 @@ def visible_gpus(backend):
         return 0
 
 
-def _indices(model):
-    lstm_ids = {id(v) for v in model.lstm_variables}
-    lstm = [i for i, v in enumerate(model.trainable_variables) if id(v) in lstm_ids]
-    other = [i for i, v in enumerate(model.trainable_variables) if id(v) not in lstm_ids]
-    return lstm, other
-
-
 class TFRunner:
     """tf.distribute training: MirroredStrategy, or MultiWorkerMirroredStrategy
     when TF_CONFIG names more than one task.
@@ -93,7 +87,7 @@ class TFRunner:
         self.is_chief = self.strategy.extended.should_checkpoint
         with self.strategy.scope():
             self.model, self.optimizers = build_model_and_optimizers(hps, gradient_copies=self.num_replicas)
-        self._lstm, self._other = _indices(self.model)
+        self._lstm, self._other = split_indices(self.model)
         self.states = self.strategy.experimental_distribute_values_from_function(
             lambda context: self.model.initial_state(hps.batch_size)
         )
@@ -277,7 +271,7 @@ class JaxRunner:
         self._rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
         rows = hps.batch_size * self.num_replicas
         self.states = [[self.shard(s) for s in layer] for layer in self.model.initial_state(rows)]
-        self._lstm, self._other = _indices(self.model)
+        self._lstm, self._other = split_indices(self.model)
         self.shard_lstm = self.num_replicas > 1 if shard_lstm is None else bool(shard_lstm)
         self._gather_dtype = keras.backend.standardize_dtype(self.model.compute_dtype)
         # All non-trainable variables are seed states; this one draws the
