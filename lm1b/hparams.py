@@ -86,6 +86,10 @@ class HParams:
         use_peepholes (bool, False): peephole connections (LSTMP cell only).
         use_residual (bool, False): residual connection around every layer,
             h_out = h + x (needs emb_size == projected_size).
+        unroll (bool, False): unroll the recurrence over all num_steps time
+            steps instead of looping over them (not an f-lm key). Same
+            results; on a GPU it can be faster (benchmarks/lm_step.py measures
+            it per model) at the cost of a longer compile.
 
     Averaging and scaling:
         average_params (bool, True): keep an exponential moving average
@@ -120,6 +124,7 @@ class HParams:
     num_of_groups: int | tuple[int, ...] = 0
     use_peepholes: bool = False
     use_residual: bool = False
+    unroll: bool = False
     average_params: bool = True
     loss_scale: float = 1.0
     max_time: int = 180

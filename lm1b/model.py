@@ -353,6 +353,7 @@ def _recurrent_layer(hps, layer):
         projection_units=hps.projected_size,
         return_sequences=True,
         return_state=True,
+        unroll=hps.unroll,
         name=f"rnn_{layer}",
     )
     if hps.cell_type == "flstm":

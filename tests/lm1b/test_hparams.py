@@ -33,8 +33,12 @@ def _raises(hpconfig, *fragments):
     return str(error.value)
 
 
+# Keys of ours that f-lm does not have, with their defaults.
+OUR_DEFAULTS = dict(unroll=False)
+
+
 def test_defaults_are_flm_defaults():
-    assert HParams().to_dict() == FLM_DEFAULTS
+    assert HParams().to_dict() == {**FLM_DEFAULTS, **OUR_DEFAULTS}
     assert HParams.parse("") == HParams()
     assert HParams().cell_type == "lstmp"
 
@@ -101,7 +105,7 @@ def test_groups_for_layer_rejects_bad_layer(layer):
 def test_unknown_key_lists_valid_keys_and_suggests():
     message = _raises("lerning_rate=0.1", "Unknown hparam 'lerning_rate'",
                       "did you mean 'learning_rate'?", "Valid keys:")
-    for key in FLM_DEFAULTS:
+    for key in {**FLM_DEFAULTS, **OUR_DEFAULTS}:
         assert key in message
     assert "did you mean" not in _raises("zzz=1", "Unknown hparam 'zzz'")
 
@@ -112,6 +116,7 @@ def test_unknown_key_lists_valid_keys_and_suggests():
     ("learning_rate=fast", ["hparam 'learning_rate' expects a number, got 'fast'"]),
     ("float16_rnn=yes", ["hparam 'float16_rnn' expects a bool (true/false/1/0), got 'yes'"]),
     ("use_residual=2", ["hparam 'use_residual' expects a bool", "got '2'"]),
+    ("unroll=yes", ["hparam 'unroll' expects a bool (true/false/1/0), got 'yes'"]),
     ("fact_size=1.5", ["hparam 'fact_size' expects an int or None, got '1.5'"]),
     ("num_of_groups=4:x", ["hparam 'num_of_groups' expects an int or one int per layer", "got '4:x'"]),
     ("num_of_groups=", ["hparam 'num_of_groups'", "got ''"]),

@@ -85,6 +85,22 @@ def test_dropout_only_in_training(keep_prob, differs):
     assert (not np.allclose(train_out, eval_out)) == differs
 
 
+@pytest.mark.parametrize("cell", ["", ",fact_size=4", ",num_of_groups=2:4"])
+def test_unrolled_recurrence_computes_the_same_as_the_loop(cell):
+    hpconfig = SMALL + ",num_layers=2,keep_prob=1" + cell
+    looped, unrolled = _model(hpconfig), _model(hpconfig + ",unroll=true")
+    assert [rnn.unroll for rnn in unrolled.rnns] == [True, True]
+    assert [rnn.unroll for rnn in looped.rnns] == [False, False]
+    unrolled.set_weights(looped.get_weights())
+    x = _ids((3, 4))
+    want, want_states = looped(x, looped.initial_state(3))
+    got, got_states = unrolled(x, unrolled.initial_state(3))
+    np.testing.assert_allclose(_np(got), _np(want), atol=1e-6)
+    for got_layer, want_layer in zip(got_states, want_states):
+        for got_state, want_state in zip(got_layer, want_layer):
+            np.testing.assert_allclose(_np(got_state), _np(want_state), atol=1e-6)
+
+
 def test_residual_adds_each_layer_input():
     model = _model(SMALL + ",use_residual=true,keep_prob=1")
     x, states = _ids((3, 4)), model.initial_state(3)
