@@ -7,7 +7,9 @@ The step is lm1b's own (`lm1b.runners.JaxRunner.train_step`): embedding,
 f-lm's gradient scaling, clipping of the LSTM gradients, Adagrad, and the
 EMA of the LSTM weights. `--vocab_updates sparse,dense` times each model
 with the runner's sparse vocabulary updates (the default) and with dense
-ones (the whole V×d gradients, all-reduced and applied). Settings are the
+ones (the whole V×d gradients, all-reduced and applied); `--unroll
+false,true` times each model with its recurrence looped (lm1b's default)
+and unrolled (`unroll=true`). Settings are the
 paper's (`--preset` values of lm1b/hparams.py): emb = p = 1024, n = 8192,
 batch 256 per GPU, 20 steps. Inputs are random word ids (the step's cost
 does not depend on them).
@@ -52,11 +54,12 @@ PAPER = {
 }
 
 
-def make_step(preset, vocab_updates, num_gpus, args):
+def make_step(preset, vocab_updates, num_gpus, args, unroll=False):
     """(runner, step): lm1b's JaxRunner for one Table 1 model, and a function
     that runs one training step on a fixed random batch; ``step()`` waits for
     it, ``step(wait=False)`` only dispatches it and returns its loss sum."""
-    overrides = f"num_gpus={num_gpus},vocab_size={args.vocab_size},batch_size={args.batch_size}"
+    overrides = (f"num_gpus={num_gpus},vocab_size={args.vocab_size},batch_size={args.batch_size},"
+                 f"unroll={unroll}")
     hps = HParams.from_preset(preset, ",".join(filter(None, [overrides, args.hparams])))
     keras.config.set_dtype_policy("mixed_bfloat16" if args.dtype == "bf16" else "float32")
     try:
@@ -79,8 +82,8 @@ def make_step(preset, vocab_updates, num_gpus, args):
     return runner, step
 
 
-def time_model(preset, vocab_updates, num_gpus, args):
-    runner, step = make_step(preset, vocab_updates, num_gpus, args)
+def time_model(preset, vocab_updates, num_gpus, args, unroll):
+    runner, step = make_step(preset, vocab_updates, num_gpus, args, unroll)
     hps = runner.hps
     rows = hps.batch_size * num_gpus
 
@@ -109,6 +112,7 @@ def time_model(preset, vocab_updates, num_gpus, args):
         "model": preset,
         "num_gpus": num_gpus,
         "vocab_updates": vocab_updates,
+        "unroll": unroll,
         "words_per_s": words / seconds,
         "words_per_s_per_gpu": words / seconds / num_gpus,
         "step_ms": round(1000 * seconds, 2),
@@ -121,11 +125,16 @@ def time_model(preset, vocab_updates, num_gpus, args):
 
 
 def _compare(rows):
-    """Adds each row's ratio over BIGLSTM (same GPU count and vocabulary
-    updates) and its scaling over the same model on one GPU."""
+    """Adds each row's ratio over BIGLSTM (same GPU count, vocabulary
+    updates and unroll), over the fastest BIGLSTM of that GPU count and
+    vocabulary updates (looped or unrolled: the strongest baseline), and its
+    scaling over the same model on one GPU."""
     paper_base = PAPER["BIGLSTM"]["words_per_s"]
     for r in rows:
-        same = [b for b in rows if b["vocab_updates"] == r["vocab_updates"]]
+        bases = [b["words_per_s"] for b in rows if b["model"] == "BIGLSTM" and
+                 (b["num_gpus"], b["vocab_updates"]) == (r["num_gpus"], r["vocab_updates"])]
+        r["ratio_vs_fastest_biglstm"] = round(r["words_per_s"] / max(bases), 3) if bases else None
+        same = [b for b in rows if (b["vocab_updates"], b["unroll"]) == (r["vocab_updates"], r["unroll"])]
         base = next((b for b in same if b["model"] == "BIGLSTM" and b["num_gpus"] == r["num_gpus"]), None)
         one = next((b for b in same if b["model"] == r["model"] and b["num_gpus"] == 1), None)
         r["ratio_vs_biglstm"] = round(r["words_per_s"] / base["words_per_s"], 3) if base else None
@@ -142,6 +151,8 @@ def main():
     parser.add_argument("--models", default=",".join(PAPER))
     parser.add_argument("--num_gpus", default="1", help="GPU counts to time, e.g. 1,4")
     parser.add_argument("--vocab_updates", default="sparse", help="sparse, dense, or both: sparse,dense")
+    parser.add_argument("--unroll", default="false",
+                        help="the recurrence looped (false, lm1b's default), unrolled (true), or both: false,true")
     parser.add_argument("--lstm_update", choices=["sharded", "replicated"], default="sharded",
                         help="the runner's sharded LSTM update (its default on several GPUs), or not")
     parser.add_argument("--dtype", choices=["fp32", "tf32", "bf16"], default="bf16",
@@ -158,6 +169,10 @@ def main():
     bad = set(args.vocab_updates.split(",")) - {"sparse", "dense"}
     if bad:
         parser.error(f"--vocab_updates takes sparse, dense or sparse,dense; got {args.vocab_updates!r}")
+    try:
+        unrolls = [{"false": False, "true": True}[u] for u in args.unroll.split(",")]
+    except KeyError:
+        parser.error(f"--unroll takes false, true or false,true; got {args.unroll!r}")
     try:
         gpu_counts = [int(n) for n in args.num_gpus.split(",")]
     except ValueError:
@@ -185,19 +200,22 @@ def main():
         "host": platform.node(),
         "rows": [],
     }
-    print(f"{'model':10s} {'GPUs':>4s} {'vocab':>6s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} "
+    print(f"{'model':10s} {'GPUs':>4s} {'vocab':>6s} {'unroll':>6s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} {'vs fastest':>10s} "
           f"{'scaling':>8s} {'waited':>10s} {'scaling':>8s} {'paper':>8s} {'RNN params':>12s}", flush=True)
-    runs = [(m, u, n) for n in gpu_counts for u in args.vocab_updates.split(",") for m in args.models.split(",")]
-    for preset, vocab_updates, num_gpus in runs:
+    # A model's looped and unrolled steps run one after the other, so the
+    # fastest BIGLSTM is known when the other models' rows are printed.
+    runs = [(m, v, n, u) for n in gpu_counts for v in args.vocab_updates.split(",")
+            for m in args.models.split(",") for u in unrolls]
+    for preset, vocab_updates, num_gpus, unroll in runs:
         with matmul_precision(args.dtype):  # the step compiles on its first call, inside
-            row = time_model(preset, vocab_updates, num_gpus, args)
+            row = time_model(preset, vocab_updates, num_gpus, args, unroll)
         result["rows"].append(row)
         _compare(result["rows"])
         ratio = f"{row['ratio_vs_biglstm']:.2f}x" if row["ratio_vs_biglstm"] else "-"
         scaling = f"{row['scaling_vs_1_gpu']:.2f}x" if row["scaling_vs_1_gpu"] else "-"
         waited = f"{row['scaling_vs_1_gpu_waited']:.2f}x" if row["scaling_vs_1_gpu_waited"] else "-"
-        print(f"{preset:10s} {num_gpus:4d} {vocab_updates:>6s} {row['words_per_s']:10,.0f} "
-              f"{row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} {scaling:>8s} "
+        print(f"{preset:10s} {num_gpus:4d} {vocab_updates:>6s} {str(unroll).lower():>6s} {row['words_per_s']:10,.0f} "
+              f"{row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} {row['ratio_vs_fastest_biglstm']:9.2f}x {scaling:>8s} "
               f"{row['words_per_s_waited']:10,.0f} {waited:>8s} "
               f"{row['paper_words_per_s_4xV100'] or 0:8,} {row['rnn_params']:12,}", flush=True)
         if args.out:
