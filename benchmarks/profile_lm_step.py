@@ -74,6 +74,7 @@ def main():
     parser.add_argument("--num_gpus", type=int, default=1)
     parser.add_argument("--vocab_updates", default="sparse", choices=["sparse", "dense"])
     parser.add_argument("--lstm_update", choices=["sharded", "replicated"], default="sharded")
+    parser.add_argument("--unroll", action="store_true", help="unroll the recurrence (lm1b's unroll=true)")
     parser.add_argument("--dtype", choices=["fp32", "tf32", "bf16"], default="bf16",
                         help="as lm_step.py's --dtype")
     parser.add_argument("--vocab_size", type=int, default=793_470)
@@ -85,7 +86,7 @@ def main():
     args = parser.parse_args()
     logdir = tempfile.mkdtemp()
     with matmul_precision(args.dtype):  # the step compiles on its first call, inside
-        _, step = make_step(args.model, args.vocab_updates, args.num_gpus, args)
+        _, step = make_step(args.model, args.vocab_updates, args.num_gpus, args, args.unroll)
         for _ in range(3):
             step()
         start = time.perf_counter()
