@@ -170,10 +170,10 @@ def main():
     bad = set(args.vocab_updates.split(",")) - {"sparse", "dense"}
     if bad:
         parser.error(f"--vocab_updates takes sparse, dense or sparse,dense; got {args.vocab_updates!r}")
-    try:
-        unrolls = [{"false": False, "true": True}[u] for u in args.unroll.split(",")]
-    except KeyError:
-        parser.error(f"--unroll takes false, true or false,true; got {args.unroll!r}")
+    try:  # read as the hparam is, so the two accept the same spellings
+        unrolls = [HParams.parse(f"unroll={u}").unroll for u in args.unroll.split(",")]
+    except ValueError as e:
+        parser.error(f"--unroll takes one value or two joined by ',' (e.g. false,true): {e}")
     try:
         gpu_counts = [int(n) for n in args.num_gpus.split(",")]
     except ValueError:

@@ -113,6 +113,7 @@ def main():
         "num_gpus": args.num_gpus,
         "model": args.model,
         "lstm_update": args.lstm_update,
+        "unroll": args.unroll,
         "wall_ms_per_step_profiled": round(wall_ms, 2),
         "busy_ms": round(union_ns(nccl + compute) / 1e6 / args.steps, 3),
         "kernel_ms": round(sum(totals.values()) / 1e6, 3),

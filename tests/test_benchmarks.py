@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import equal_time  # noqa: E402
 import lm_step  # noqa: E402
@@ -62,15 +63,14 @@ def test_lm_step_ratios_are_per_gpu_count_and_scaling_per_model():
 def test_lm_step_times_looped_and_unrolled_layers(tmp_path):
     """lm_step.py end to end at a tiny size, BIGLSTM not first: the layers
     are built as each row says, and every ratio is over the right BIGLSTM."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "lm_step.json"
     run = subprocess.run(
-        [sys.executable, os.path.join(root, "benchmarks", "lm_step.py"), "--models", "BIG_F512,BIGLSTM",
+        [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--models", "BIG_F512,BIGLSTM",
          "--unroll", "false,true", "--vocab_size", "500", "--batch_size", "2", "--warmup", "0",
          "--windows", "1", "--steps", "1", "--out", str(out),
          "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,fact_size=4,num_steps=3"],
-        capture_output=True, text=True, timeout=600, cwd=root,
-        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=root))
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT))
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["unroll"]) for r in rows] == [
