@@ -214,10 +214,11 @@ class JaxRunner:
     weight in float32, and of its optimizer state (Adagrad accumulator,
     EMA). A step all-gathers the weights in the compute dtype (what the
     layers would cast them to anyway, so the forward pass is unchanged),
-    sums the gradients into the slices (``psum_scatter``, float32) and runs
-    the optimizer on each device's slice alone. Against all-reducing the
-    gradient and updating every weight on every device, that moves 3/4 of
-    the bytes under bfloat16 and does 1/R of the optimizer work. The
+    sums the gradients into the slices (sent in the compute dtype, summed
+    in float32) and runs the optimizer on each device's slice alone.
+    Against all-reducing the float32 gradient and updating every weight on
+    every device, that moves half the bytes under bfloat16 and does 1/R of
+    the optimizer work. The
     vocabulary tables stay replicated.
 
     Sparse vocabulary updates (f-lm's TF1 graph had them as IndexedSlices):
@@ -481,25 +482,42 @@ class JaxRunner:
         return loss_sum, tokens, lstm_grads, other_grads, states, non_trainable
 
     def _sum_into_slice(self, gradient, spec):
-        """The gradient summed over the devices: each device's slice of it
-        (``spec``'s), or the whole of it for a replicated weight."""
+        """The gradient summed over the devices, in float32: each device's
+        slice of it (``spec``'s), or the whole of it for a replicated weight.
+
+        A sliced weight's gradient is taken with respect to its gathered
+        compute-dtype copy (:meth:`_gather`), so under mixed bfloat16 it is
+        bfloat16. It travels as it is, in an all-to-all that hands each
+        device every device's part of its slice, and is summed in float32
+        on arrival: half the bytes of a float32 reduce-scatter, and the sum
+        is float32's, where a bfloat16 reduce-scatter would round the
+        partial sums at every hop of its ring.
+        """
         import jax
+        import jax.numpy as jnp
 
         axis = _sliced_axis(spec)
         if axis is None:
             return jax.lax.psum(gradient, self._axis)
-        return jax.lax.psum_scatter(gradient, self._axis, scatter_dimension=axis, tiled=True)
+        if gradient.dtype == jnp.float32:
+            return jax.lax.psum_scatter(gradient, self._axis, scatter_dimension=axis, tiled=True)
+        shape = gradient.shape
+        by_device = jnp.moveaxis(
+            jnp.reshape(gradient, shape[:axis] + (self.num_replicas, -1) + shape[axis + 1:]), axis, 0)
+        received = jax.lax.all_to_all(by_device, self._axis, 0, 0, tiled=True)
+        return jnp.sum(received.astype(jnp.float32), axis=0)
 
     def _gather(self, value, spec):
         """The whole weight from the devices' slices, gathered in the compute
-        dtype (exact: the layers compute with that cast)."""
+        dtype: the layers compute with that cast, so the forward pass is the
+        same, and the gradient comes back in it (:meth:`_sum_into_slice`)."""
         import jax
 
         axis = _sliced_axis(spec)
         if axis is None:
             return value
         narrow = value.astype(self._gather_dtype)
-        return jax.lax.all_gather(narrow, self._axis, axis=axis, tiled=True).astype(value.dtype)
+        return jax.lax.all_gather(narrow, self._axis, axis=axis, tiled=True)
 
     def _vocab_values(self, trainable, rows):
         """What the vocabulary optimizer updates: the whole tables, or with

@@ -330,6 +330,12 @@ for name, sizes, policy in (("odd", "emb_size=6,state_size=6,projected_size=6,ma
         keras.utils.set_random_seed(1)
         runner = JaxRunner(HParams.parse(common + "," + sizes), shard_lstm=shard)
         rows = runner.hps.batch_size * runner.num_replicas
+        # The collectives the step is built from, before any step runs.
+        hlo = runner._step.lower(runner._state, *(runner.shard(a[:rows]) for a in batches[0]),
+                                 runner.states).as_text(dialect="hlo")
+        # HLO lines read "%name = f32[...] op(...)": keep each op's result type.
+        collectives = {op: [line.split("=")[1].split()[0] for line in hlo.splitlines() if f" {op}(" in line]
+                       for op in ("all-to-all", "reduce-scatter")}
         losses = []
         for i, b in enumerate(batches):
             losses.append(float(runner.train_step(tuple(runner.shard(a[:rows]) for a in b))[0]))
@@ -340,7 +346,8 @@ for name, sizes, policy in (("odd", "emb_size=6,state_size=6,projected_size=6,ma
         # Whole copies the Keras variables still hold beside the step's arrays.
         copies = sum(not v.value.is_deleted() for variables in runner._variable_lists() for v in variables)
         runner.sync()
-        result[f"{name}_{shard}"] = {"losses": losses, "slices": slices, "copies": copies, "values": [
+        result[f"{name}_{shard}"] = {"losses": losses, "slices": slices, "copies": copies,
+                                     "collectives": collectives, "values": [
             v.numpy().astype("float32").tolist()
             for v in runner.model.weights + runner.optimizers[0].variables]}
 print(json.dumps(result))
@@ -351,7 +358,7 @@ print(json.dumps(result))
 def test_jax_sharded_lstm_update_equals_the_replicated_one():
     """Four JAX devices: keeping 1/4 of each LSTM weight and of its Adagrad
     accumulator and EMA per device (gathered for the step, gradients
-    reduce-scattered) gives the weights, accumulators and averages of the
+    exchanged in the compute dtype and summed in float32) gives the weights, accumulators and averages of the
     replicated update, with clipping, float32 and mixed bfloat16, and with a
     weight that stays replicated because 4 divides none of its axes; on one
     device it is the replicated update. No whole copy stays on the devices
@@ -373,6 +380,16 @@ def test_jax_sharded_lstm_update_equals_the_replicated_one():
         assert sum(f != l for f, l in zip(full, local)) == 1 and np.prod(full) == 4 * np.prod(local)
     odd = result["odd_True"]["slices"]
     assert [6, 6] in [local for _, local in odd] and any(f != l for f, l in odd)
+    # Under bfloat16 each sliced weight's gradient travels in bfloat16 (one
+    # all-to-all each); in float32 it is reduce-scattered; replicated, neither.
+    bf16 = result["bf16_True"]["collectives"]
+    assert len(bf16["all-to-all"]) == 4 and all(t.startswith("bf16[") for t in bf16["all-to-all"])
+    assert not bf16["reduce-scatter"]
+    odd = result["odd_True"]["collectives"]
+    assert odd["reduce-scatter"] and all(t.startswith("f32[") for t in odd["reduce-scatter"])
+    assert not odd["all-to-all"]
+    for name in ("odd", "bf16", "one"):
+        assert result[f"{name}_False"]["collectives"] == {"all-to-all": [], "reduce-scatter": []}
 
 
 @pytest.mark.tf_backend
