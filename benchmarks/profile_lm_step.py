@@ -4,7 +4,8 @@
 
 For the first device it prints, per step: the wall time, the time some GPU
 kernel runs (busy), the all-reduce (NCCL) kernel time and how much of it
-runs while no other kernel does (exposed), kernel time by the model part
+runs while no other kernel does (exposed), both also per collective kind,
+kernel time by the model part
 whose JAX name scope launched it (the recurrent layers rnn_0, rnn_1, ...;
 kernels that XLA replays from a CUDA graph carry no scope and count as
 "unattributed"), and the kernels that take the most time. jax.profiler only,
@@ -52,6 +53,12 @@ def scope_of(stats):
     return parts[0] if parts else "step"
 
 
+def collective_kind(name):
+    """'ncclDevKernel_AllGather_RING_LL(...)' -> 'AllGather'."""
+    match = re.match(r"ncclDevKernel_([A-Za-z]+)", name)
+    return match.group(1) if match else name.split("(")[0]
+
+
 def device_kernels(path, device=0):
     """(name, start_ns, end_ns, stats) of the kernels on GPU ``device``."""
     data = jax.profiler.ProfileData.from_file(path)
@@ -95,12 +102,14 @@ def main():
                 step()
         wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
     path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
-    nccl, compute = [], []
+    nccl, compute, by_kind = [], [], collections.defaultdict(list)
     totals, counts, examples, scopes = (collections.Counter(), collections.Counter(), {},
                                         collections.Counter())
     for name, s, e, stats in device_kernels(path):
         is_nccl = "nccl" in name.lower()
         (nccl if is_nccl else compute).append((s, e))
+        if is_nccl:
+            by_kind[collective_kind(name)].append((s, e))
         totals[name] += (e - s) / args.steps
         scopes["collectives" if is_nccl else scope_of(stats)] += (e - s) / args.steps
         counts[name] += 1 / args.steps
@@ -122,6 +131,12 @@ def main():
         # names are kept from when the step only all-reduced.
         "allreduce_ms": round(nccl_ns / 1e6 / args.steps, 3),
         "allreduce_exposed_ms": round(exposed_ns / 1e6 / args.steps, 3),
+        # Per NCCL kernel kind (AllGather, ReduceScatter, AllReduce, SendRecv:
+        # XLA's all-to-all), its time and the part no compute kernel overlaps.
+        "collectives_by_kind": {
+            kind: {"ms": round(union_ns(spans) / 1e6 / args.steps, 3),
+                   "exposed_ms": round((union_ns(spans + compute) - union_ns(compute)) / 1e6 / args.steps, 3)}
+            for kind, spans in sorted(by_kind.items())},
         "kernel_ms_by_scope": {k: round(v / 1e6, 3) for k, v in scopes.most_common()},
         "top": [{"name": name[:160], "ms": round(ns / 1e6, 3), "count": round(counts[name]),
                  "stats": {k: v[:200] for k, v in examples[name].items()}}
@@ -130,6 +145,9 @@ def main():
     print(f"{args.model} on {args.num_gpus} GPU(s): {wall_ms:.2f} ms/step (profiled); GPU 0 busy "
           f"{summary['busy_ms']} ms, {summary['kernels_per_step']} kernels; collectives "
           f"{summary['allreduce_ms']} ms, of which exposed {summary['allreduce_exposed_ms']} ms")
+    if summary["collectives_by_kind"]:
+        print("collectives (ms, exposed): " + ", ".join(
+            f"{k} {v['ms']}, {v['exposed_ms']}" for k, v in summary["collectives_by_kind"].items()))
     print("kernel ms by scope: " + ", ".join(f"{k} {v}" for k, v in summary["kernel_ms_by_scope"].items()))
     for row in summary["top"]:
         print(f"{row['ms']:8.3f} ms x{row['count']:4d}  {row['name'][:100]}")

@@ -224,11 +224,13 @@ class JaxRunner:
     Sparse vocabulary updates (f-lm's TF1 graph had them as IndexedSlices):
     with the sampled softmax and a row-wise optimizer, the step differentiates
     with respect to the rows of E, W and b the batch reads
-    (:class:`lm1b.model.VocabRows`), all-reduces those (B·T·R rows of E and
-    B·T·R + S of W and b, not 2·V), and runs the Keras optimizer on them and
-    their gathered state (exactly the dense update, up to the order of float
-    sums). At LM1B size that replaces ~6.5 GB of dense gradient, its
-    all-reduce and a dense Adagrad pass per step.
+    (:class:`lm1b.model.VocabRows`; for E, through each device's B·T token
+    embeddings, all-gathered in the compute dtype), sums those over the
+    devices (B·T·R rows of E and B·T·R + S of W and b, not 2·V), and runs
+    the Keras optimizer on them and their gathered state: the dense update,
+    up to the order of float sums and, under mixed bfloat16, E's per-token
+    gradients rounded to bfloat16. At LM1B size that replaces ~6.5 GB of
+    dense gradient, its all-reduce and a dense Adagrad pass per step.
 
     Args:
         hps: the HParams.
@@ -286,6 +288,7 @@ class JaxRunner:
                       id(model.softmax_w): ("softmax_w", "softmax_ids"),
                       id(model.softmax_b): ("softmax_b", "softmax_ids")}
             self._vocab_tables = [fields[id(model.trainable_variables[i])] for i in self._other]
+            self._embedding = [field for field, _ in self._vocab_tables].index("embedding")
             self._row_optimizer, self._row_slots = self._build_row_optimizer(rows)
         self._state_shardings = self._shardings_of_state()
         self._lstm_specs = [self._state_shardings[0][i].spec for i in self._lstm]
@@ -457,6 +460,16 @@ class JaxRunner:
         non_trainable = [v + o for v, o in zip(non_trainable, offsets)]
         lstm_values = [self._gather(trainable[i], spec) for i, spec in zip(self._lstm, self._lstm_specs)]
         other_values = self._vocab_values(trainable, rows)
+        if rows is not None:
+            # Differentiate with respect to this device's tokens' embeddings
+            # (what the model reads: rows of E, cast to the compute dtype), not
+            # the batch's rows of E: each device then sends B·T rows in bfloat16
+            # (_sum_token_gradients), a quarter of the bytes of all-reducing
+            # the global batch's rows in float32.
+            token_rows = rows.x_rows
+            other_values[self._embedding] = jnp.take(
+                other_values[self._embedding], token_rows, axis=0).astype(self._gather_dtype)
+            rows = rows._replace(x_rows=jnp.arange(token_rows.shape[0], dtype=token_rows.dtype))
 
         def objective(lstm_values, other_values):
             values, batch_rows = list(trainable), None
@@ -477,9 +490,27 @@ class JaxRunner:
         (loss_sum, (tokens, states, non_trainable)), (lstm_grads, other_grads) = jax.value_and_grad(
             objective, argnums=(0, 1), has_aux=True)(lstm_values, other_values)
         non_trainable = [v - o for v, o in zip(non_trainable, offsets)]
+        if rows is not None:
+            embedding_grad = self._sum_token_gradients(
+                other_grads[self._embedding], token_rows, rows.embedding.shape[0])
+            other_grads[self._embedding] = None
         loss_sum, tokens, other_grads = jax.lax.psum((loss_sum, tokens, other_grads), self._axis)
+        if rows is not None:
+            other_grads[self._embedding] = embedding_grad
         lstm_grads = [self._sum_into_slice(g, spec) for g, spec in zip(lstm_grads, self._lstm_specs)]
         return loss_sum, tokens, lstm_grads, other_grads, states, non_trainable
+
+    def _sum_token_gradients(self, token_grads, token_rows, num_rows):
+        """The gradient of the batch's rows of E, from each device's gradients
+        of its tokens' embeddings [B·T, d] (compute dtype): all-gathered as
+        they are, then summed per row in float32 (the same sums as all-reducing
+        each device's float32 row gradients, in another order)."""
+        import jax
+        import jax.numpy as jnp
+
+        everyone = jax.lax.all_gather(token_grads, self._axis, tiled=True)
+        where = jax.lax.all_gather(token_rows, self._axis, tiled=True)
+        return jax.ops.segment_sum(everyone.astype(jnp.float32), where, num_segments=num_rows)
 
     def _sum_into_slice(self, gradient, spec):
         """The gradient summed over the devices, in float32: each device's

@@ -37,6 +37,14 @@ def test_kernel_scope_is_the_model_part_of_the_jax_name():
     assert scope({}) == "unattributed"
 
 
+def test_collective_kind_is_the_nccl_kernels_operation():
+    kind = profile_lm_step.collective_kind
+    assert kind("ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)") == "AllGather"
+    assert kind("ncclDevKernel_ReduceScatter_Sum_f32_RING_LL(x)") == "ReduceScatter"
+    assert kind("ncclDevKernel_SendRecv(ncclDevKernelArgsStorage<4096ul>)") == "SendRecv"
+    assert kind("ncclKernel_Other(x)") == "ncclKernel_Other"
+
+
 def _row(model, num_gpus, words_per_s, vocab_updates="sparse", unroll=False):
     # Waited-for steps: a fixed 10 words/s slower, so their scaling differs.
     return {"model": model, "num_gpus": num_gpus, "vocab_updates": vocab_updates, "unroll": unroll,

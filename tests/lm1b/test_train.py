@@ -295,7 +295,12 @@ def test_jax_sparse_vocabulary_updates_equal_the_dense_ones():
     bfloat16) leaves every weight and accumulator as the dense update does;
     Adam, which moves zero-gradient rows, keeps the dense update."""
     result = _python(_SPARSE_VOCAB, backend="jax")
-    for name, tolerance in (("adagrad", 1e-6), ("sgd", 1e-6), ("bf16", 2e-5)):
+    # bf16: the sparse update takes E's gradient per token in bfloat16 (the
+    # compute dtype the model casts E's rows to) before summing it in float32,
+    # where XLA may keep the dense path's cotangents in float32; row V-1, read
+    # 24 times, then differs by that rounding (~5e-5 here). A wrong or missed
+    # row is off by ~1e-2.
+    for name, tolerance in (("adagrad", 1e-6), ("sgd", 1e-6), ("bf16", 1e-4)):
         dense, sparse = result[f"{name}_False"], result[f"{name}_True"]
         np.testing.assert_allclose(sparse["losses"], dense["losses"], rtol=tolerance)
         assert len(set(dense["losses"])) == 3
