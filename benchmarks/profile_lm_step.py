@@ -59,6 +59,29 @@ def collective_kind(name):
     return match.group(1) if match else name.split("(")[0]
 
 
+def exposed_in_one_step(kernels, steps, min_ms=0.02):
+    """[(at_ms, ms, kind)]: the spans of one step (the second of ``steps``,
+    each launching the same kernels) where a collective runs and no compute
+    kernel does, at least ``min_ms`` long, timed from that step's first kernel."""
+    kernels = sorted(kernels, key=lambda k: k[1])
+    per_step = len(kernels) // steps
+    step = kernels[per_step: 2 * per_step] if steps > 1 else kernels
+    if not step:
+        return []
+    origin = step[0][1]
+    compute = sorted((s, e) for name, s, e, _ in step if "nccl" not in name.lower())
+    spans = []
+    for name, start, end, _ in step:
+        if "nccl" not in name.lower():
+            continue
+        free = [(start, end)]  # the parts of [start, end) no compute kernel covers
+        for s, e in compute:
+            free = [piece for a, b in free for piece in ((a, min(b, s)), (max(a, e), b)) if piece[1] > piece[0]]
+        spans += [(a, b, collective_kind(name)) for a, b in free]
+    return [(round((a - origin) / 1e6, 3), round((b - a) / 1e6, 3), kind)
+            for a, b, kind in sorted(spans) if (b - a) / 1e6 >= min_ms]
+
+
 def device_kernels(path, device=0):
     """(name, start_ns, end_ns, stats) of the kernels on GPU ``device``."""
     data = jax.profiler.ProfileData.from_file(path)
@@ -114,6 +137,7 @@ def main():
         scopes["collectives" if is_nccl else scope_of(stats)] += (e - s) / args.steps
         counts[name] += 1 / args.steps
         examples.setdefault(name, stats)
+    exposed_spans = exposed_in_one_step(device_kernels(path), args.steps)
     nccl_ns = union_ns(nccl)
     exposed_ns = union_ns(nccl + compute) - union_ns(compute)
     summary = {
@@ -137,6 +161,9 @@ def main():
             kind: {"ms": round(union_ns(spans) / 1e6 / args.steps, 3),
                    "exposed_ms": round((union_ns(spans + compute) - union_ns(compute)) / 1e6 / args.steps, 3)}
             for kind, spans in sorted(by_kind.items())},
+        # When, in the second profiled step, a collective ran alone: ms from
+        # the step's first kernel, for how long, which kind.
+        "exposed_spans": exposed_spans,
         "kernel_ms_by_scope": {k: round(v / 1e6, 3) for k, v in scopes.most_common()},
         "top": [{"name": name[:160], "ms": round(ns / 1e6, 3), "count": round(counts[name]),
                  "stats": {k: v[:200] for k, v in examples[name].items()}}
@@ -148,6 +175,9 @@ def main():
     if summary["collectives_by_kind"]:
         print("collectives (ms, exposed): " + ", ".join(
             f"{k} {v['ms']}, {v['exposed_ms']}" for k, v in summary["collectives_by_kind"].items()))
+    if exposed_spans:
+        print("exposed collectives in one step (at ms, for ms, kind): " + ", ".join(
+            f"{at} {ms} {kind}" for at, ms, kind in exposed_spans))
     print("kernel ms by scope: " + ", ".join(f"{k} {v}" for k, v in summary["kernel_ms_by_scope"].items()))
     for row in summary["top"]:
         print(f"{row['ms']:8.3f} ms x{row['count']:4d}  {row['name'][:100]}")

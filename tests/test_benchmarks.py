@@ -45,6 +45,22 @@ def test_collective_kind_is_the_nccl_kernels_operation():
     assert kind("ncclKernel_Other(x)") == "ncclKernel_Other"
 
 
+def test_exposed_spans_are_the_collectives_parts_no_compute_kernel_covers():
+    ms = 1_000_000
+
+    def step(origin):  # compute 0-1 ms, all-gather 0.5-2, compute 1.8-3, send/recv 3-3.5
+        return [("gemm", origin, origin + ms, {}),
+                ("ncclDevKernel_AllGather_RING_LL(x)", origin + ms // 2, origin + 2 * ms, {}),
+                ("gemm", origin + 1.8 * ms, origin + 3 * ms, {}),
+                ("ncclDevKernel_SendRecv(x)", origin + 3 * ms, origin + 3.5 * ms, {})]
+
+    # The second step's spans, timed from its first kernel.
+    spans = profile_lm_step.exposed_in_one_step(step(0) + step(10 * ms), steps=2)
+    assert spans == [(1.0, 0.8, "AllGather"), (3.0, 0.5, "SendRecv")]
+    assert profile_lm_step.exposed_in_one_step(step(0) + step(10 * ms), steps=2, min_ms=0.6) == [
+        (1.0, 0.8, "AllGather")]
+
+
 def _row(model, num_gpus, words_per_s, vocab_updates="sparse", unroll=False):
     # Waited-for steps: a fixed 10 words/s slower, so their scaling differs.
     return {"model": model, "num_gpus": num_gpus, "vocab_updates": vocab_updates, "unroll": unroll,
