@@ -461,7 +461,15 @@ class JaxRunner:
         lstm_values = [self._gather(trainable[i], spec) for i, spec in zip(self._lstm, self._lstm_specs)]
         other_values = self._vocab_values(trainable, rows)
         if rows is not None:
-            other_values, rows, sources = self._per_token_rows(other_values, rows)
+            # Differentiate with respect to this device's tokens' embeddings
+            # (what the model reads: rows of E, cast to the compute dtype), not
+            # the batch's rows of E: each device then sends B·T rows in bfloat16
+            # (_sum_token_gradients), a quarter of the bytes of all-reducing
+            # the global batch's rows in float32.
+            token_rows = rows.x_rows
+            other_values[self._embedding] = jnp.take(
+                other_values[self._embedding], token_rows, axis=0).astype(self._gather_dtype)
+            rows = rows._replace(x_rows=jnp.arange(token_rows.shape[0], dtype=token_rows.dtype))
 
         def objective(lstm_values, other_values):
             values, batch_rows = list(trainable), None
@@ -482,64 +490,21 @@ class JaxRunner:
         (loss_sum, (tokens, states, non_trainable)), (lstm_grads, other_grads) = jax.value_and_grad(
             objective, argnums=(0, 1), has_aux=True)(lstm_values, other_values)
         non_trainable = [v - o for v, o in zip(non_trainable, offsets)]
-        if rows is None:
-            loss_sum, tokens, other_grads = jax.lax.psum((loss_sum, tokens, other_grads), self._axis)
-        else:
-            loss_sum, tokens = jax.lax.psum((loss_sum, tokens), self._axis)
-            other_grads = [self._sum_token_gradients(g, where, table.shape[0])
-                           for g, (where, table) in zip(other_grads, sources)]
+        if rows is not None:
+            embedding_grad = self._sum_token_gradients(
+                other_grads[self._embedding], token_rows, rows.embedding.shape[0])
+            other_grads[self._embedding] = None
+        loss_sum, tokens, other_grads = jax.lax.psum((loss_sum, tokens, other_grads), self._axis)
+        if rows is not None:
+            other_grads[self._embedding] = embedding_grad
         lstm_grads = [self._sum_into_slice(g, spec) for g, spec in zip(lstm_grads, self._lstm_specs)]
         return loss_sum, tokens, lstm_grads, other_grads, states, non_trainable
 
-    def _per_token_rows(self, values, rows):
-        """The vocabulary rows as each of this device's tokens reads them.
-
-        The step differentiates with respect to these, not to the batch's
-        rows: E's B·T rows (cast to the compute dtype, as the model reads
-        them), and W's and b's B·T + S rows (float32, as the sampled softmax
-        computes), the labels' then the sampled classes'. Their gradients
-        are ready as soon as the softmax's and the embedding's backward
-        passes end, with no scatter into the batch's rows before the
-        exchange (:meth:`_sum_token_gradients`); summing the batch's rows
-        first left a float32 all-reduce of W's rows, the step's largest, to
-        run alone at its end.
-
-        Returns the values, ``rows`` re-indexed to read them, and per table
-        (where each value row sits in the batch's rows, the batch's rows).
-        """
-        import jax.numpy as jnp
-
-        x_rows, y_rows, sampled_rows = rows.x_rows, rows.y_rows, rows.sampled_rows
-        tokens, num_sampled = y_rows.shape[0], sampled_rows.shape[0]
-        targets = jnp.concatenate([y_rows, sampled_rows])
-        # A label that is also a sampled class reads the sampled copy of its
-        # row, so that the softmax still finds it among the samples (its
-        # accidental hit); the sampled classes are distinct rows.
-        sampled_slot = jnp.full(rows.softmax_w.shape[0], -1, y_rows.dtype).at[sampled_rows].set(
-            jnp.arange(num_sampled, dtype=y_rows.dtype))[y_rows]
-        labels = jnp.where(sampled_slot >= 0, tokens + sampled_slot, jnp.arange(tokens, dtype=y_rows.dtype))
-        per_token = {"embedding": (x_rows, rows.embedding, self._gather_dtype),
-                     "softmax_w": (targets, rows.softmax_w, None),
-                     "softmax_b": (targets, rows.softmax_b, None)}
-        new_values, sources = [], []
-        for (field, _), value in zip(self._vocab_tables, values):
-            where, table, dtype = per_token[field]
-            read = jnp.take(value, where, axis=0)
-            new_values.append(read if dtype is None else read.astype(dtype))
-            sources.append((where, table))
-        rows = rows._replace(
-            x_rows=jnp.arange(x_rows.shape[0], dtype=x_rows.dtype), y_rows=labels,
-            sampled_rows=jnp.arange(tokens, tokens + num_sampled, dtype=sampled_rows.dtype))
-        return new_values, rows, sources
-
     def _sum_token_gradients(self, token_grads, token_rows, num_rows):
-        """The gradient of a vocabulary table's batch rows (``num_rows``), from
-        each device's gradients of the rows its tokens read (``token_rows``
-        holds where each sits in the batch's rows): all-gathered as they
-        are, then summed per row in float32. These are the sums an
-        all-reduce of each device's row gradients would make, in another
-        order, from B·T (+ S) rows per device rather than the global batch's.
-        """
+        """The gradient of the batch's rows of E, from each device's gradients
+        of its tokens' embeddings [B·T, d] (compute dtype): all-gathered as
+        they are, then summed per row in float32 (the same sums as all-reducing
+        each device's float32 row gradients, in another order)."""
         import jax
         import jax.numpy as jnp
 
