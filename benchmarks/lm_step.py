@@ -167,6 +167,11 @@ def main():
     parser.add_argument("--windows", type=int, default=5, help="timed windows (median)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    # Checked before any model is timed: a misspelt name would otherwise
+    # fail only after the models before it had run.
+    unknown = [m for m in args.models.split(",") if m not in PAPER]
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; the Table 1 models are {', '.join(PAPER)}")
     bad = set(args.vocab_updates.split(",")) - {"sparse", "dense"}
     if bad:
         parser.error(f"--vocab_updates takes sparse, dense or sparse,dense; got {args.vocab_updates!r}")

@@ -25,6 +25,7 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lm_step import PAPER  # noqa: E402
 from lm_step import make_step  # noqa: E402
 from rnn_throughput import matmul_precision  # noqa: E402
 
@@ -100,7 +101,7 @@ def device_kernels(path, device=0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="BIGLSTM")
+    parser.add_argument("--model", default="BIGLSTM", choices=list(PAPER))
     parser.add_argument("--num_gpus", type=int, default=1)
     parser.add_argument("--vocab_updates", default="sparse", choices=["sparse", "dense"])
     parser.add_argument("--lstm_update", choices=["sharded", "replicated"], default="sharded")

@@ -106,6 +106,16 @@ def test_lm_step_times_looped_and_unrolled_layers(tmp_path):
     assert "over the fastest BIGLSTM of the same GPU count, final" in run.stdout
 
 
+def test_lm_step_rejects_an_unknown_model_before_timing_any():
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--models", "BIGLSTM,G2"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT))
+    assert run.returncode == 2
+    assert "unknown G2" in run.stderr and "BIG_G2" in run.stderr
+    assert "words/s" not in run.stdout
+
+
 def test_equal_time_ratios_are_over_lstmp():
     rows = [{"model": "F256", "heldout_perplexity": 26.0, "median_wps": 110.0, "steps": 1100},
             {"model": "LSTMP", "heldout_perplexity": 25.0, "median_wps": 100.0, "steps": 1000}]
