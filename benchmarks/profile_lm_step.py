@@ -129,7 +129,8 @@ def main():
     nccl, compute, by_kind = [], [], collections.defaultdict(list)
     totals, counts, examples, scopes = (collections.Counter(), collections.Counter(), {},
                                         collections.Counter())
-    for name, s, e, stats in device_kernels(path):
+    kernels = device_kernels(path)
+    for name, s, e, stats in kernels:
         is_nccl = "nccl" in name.lower()
         (nccl if is_nccl else compute).append((s, e))
         if is_nccl:
@@ -138,7 +139,7 @@ def main():
         scopes["collectives" if is_nccl else scope_of(stats)] += (e - s) / args.steps
         counts[name] += 1 / args.steps
         examples.setdefault(name, stats)
-    exposed_spans = exposed_in_one_step(device_kernels(path), args.steps)
+    exposed_spans = exposed_in_one_step(kernels, args.steps)
     nccl_ns = union_ns(nccl)
     exposed_ns = union_ns(nccl + compute) - union_ns(compute)
     summary = {

@@ -66,6 +66,11 @@ class VocabRows(NamedTuple):
         embedding: E[embedding_ids] [Ue, d] (a padding row repeats row V-1).
         softmax_w: W[softmax_ids] [Us, p].
         softmax_b: b[softmax_ids] [Us].
+
+    The loss reads the tables only through x_rows, y_rows and sampled_rows,
+    so a trainer may pass other tables that they index: JaxRunner passes
+    each device's tokens' rows of E ([B·T, d], in the compute dtype) with
+    x_rows = 0..B·T-1, to take E's gradient per token.
     """
 
     embedding_ids: object

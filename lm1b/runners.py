@@ -463,9 +463,10 @@ class JaxRunner:
         if rows is not None:
             # Differentiate with respect to this device's tokens' embeddings
             # (what the model reads: rows of E, cast to the compute dtype), not
-            # the batch's rows of E: each device then sends B·T rows in bfloat16
-            # (_sum_token_gradients), a quarter of the bytes of all-reducing
-            # the global batch's rows in float32.
+            # the batch's rows of E: each device then sends its B·T rows in the
+            # compute dtype (_sum_token_gradients), a quarter (bfloat16) or
+            # half (float32) of the bytes of all-reducing the global batch's
+            # rows in float32.
             token_rows = rows.x_rows
             other_values[self._embedding] = jnp.take(
                 other_values[self._embedding], token_rows, axis=0).astype(self._gather_dtype)
@@ -510,7 +511,8 @@ class JaxRunner:
 
         everyone = jax.lax.all_gather(token_grads, self._axis, tiled=True)
         where = jax.lax.all_gather(token_rows, self._axis, tiled=True)
-        return jax.ops.segment_sum(everyone.astype(jnp.float32), where, num_segments=num_rows)
+        total_dtype = jnp.promote_types(token_grads.dtype, jnp.float32)
+        return jax.ops.segment_sum(everyone.astype(total_dtype), where, num_segments=num_rows)
 
     def _sum_into_slice(self, gradient, spec):
         """The gradient summed over the devices, in float32: each device's
@@ -530,7 +532,7 @@ class JaxRunner:
         axis = _sliced_axis(spec)
         if axis is None:
             return jax.lax.psum(gradient, self._axis)
-        if gradient.dtype == jnp.float32:
+        if jnp.finfo(gradient.dtype).bits >= 32:  # already as wide as the sum
             return jax.lax.psum_scatter(gradient, self._axis, scatter_dimension=axis, tiled=True)
         shape = gradient.shape
         by_device = jnp.moveaxis(

@@ -327,7 +327,10 @@ result = {}
 # "odd": P is (6, 6), which 4 devices do not divide: it stays replicated
 # next to the sliced W and b. max_grad_norm=0.05 clips at every step.
 # "one": shard_lstm=True on one device, where there is nothing to slice.
-for name, sizes, policy in (("odd", "emb_size=6,state_size=6,projected_size=6,max_grad_norm=0.05,num_gpus=4", "float32"),
+# "odd16": the same under bfloat16, where W_x and W_h are sliced on their
+# second axis and travel by all-to-all.
+odd = "emb_size=6,state_size=6,projected_size=6,max_grad_norm=0.05,num_gpus=4"
+for name, sizes, policy in (("odd", odd, "float32"), ("odd16", odd, "mixed_bfloat16"),
                             ("bf16", "emb_size=16,state_size=32,projected_size=16,num_gpus=4", "mixed_bfloat16"),
                             ("one", "emb_size=16,state_size=32,projected_size=16,num_gpus=1", "float32")):
     keras.config.set_dtype_policy(policy)
@@ -369,7 +372,7 @@ def test_jax_sharded_lstm_update_equals_the_replicated_one():
     device it is the replicated update. No whole copy stays on the devices
     beside the slices."""
     result = _python(_SHARDED_LSTM, backend="jax")
-    for name, tolerance in (("odd", 1e-6), ("bf16", 2e-5), ("one", 0)):
+    for name, tolerance in (("odd", 1e-6), ("odd16", 1e-6), ("bf16", 2e-5), ("one", 0)):
         replicated, sharded = result[f"{name}_False"], result[f"{name}_True"]
         # The forward pass is the same computation: the first loss is equal.
         assert sharded["losses"][0] == replicated["losses"][0]
@@ -393,7 +396,10 @@ def test_jax_sharded_lstm_update_equals_the_replicated_one():
     odd = result["odd_True"]["collectives"]
     assert odd["reduce-scatter"] and all(t.startswith("f32[") for t in odd["reduce-scatter"])
     assert not odd["all-to-all"]
-    for name in ("odd", "bf16", "one"):
+    odd16 = result["odd16_True"]["collectives"]
+    assert odd16["all-to-all"] and all(t.startswith("bf16[") for t in odd16["all-to-all"])
+    assert not odd16["reduce-scatter"]
+    for name in ("odd", "odd16", "bf16", "one"):
         assert result[f"{name}_False"]["collectives"] == {"all-to-all": [], "reduce-scatter": []}
 
 
