@@ -515,7 +515,8 @@ class JaxRunner:
         return jax.ops.segment_sum(everyone.astype(total_dtype), where, num_segments=num_rows)
 
     def _sum_into_slice(self, gradient, spec):
-        """The gradient summed over the devices, in float32: each device's
+        """The gradient summed over the devices, in float32 (or its own dtype
+        if wider): each device's
         slice of it (``spec``'s), or the whole of it for a replicated weight.
 
         A sliced weight's gradient is taken with respect to its gathered
