@@ -516,8 +516,8 @@ class JaxRunner:
 
     def _sum_into_slice(self, gradient, spec):
         """The gradient summed over the devices, in float32 (or its own dtype
-        if wider): each device's
-        slice of it (``spec``'s), or the whole of it for a replicated weight.
+        if wider): each device's slice of it (``spec``'s), or the whole of it
+        for a replicated weight.
 
         A sliced weight's gradient is taken with respect to its gathered
         compute-dtype copy (:meth:`_gather`), so under mixed bfloat16 it is
