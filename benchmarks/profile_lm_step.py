@@ -54,6 +54,11 @@ def scope_of(stats):
     return parts[0] if parts else "step"
 
 
+def is_collective(name):
+    """Whether a GPU kernel is an NCCL collective (else it computes)."""
+    return "nccl" in name.lower()
+
+
 def collective_kind(name):
     """'ncclDevKernel_AllGather_RING_LL(...)' -> 'AllGather'."""
     match = re.match(r"ncclDevKernel_([A-Za-z]+)", name)
@@ -70,10 +75,10 @@ def exposed_in_one_step(kernels, steps, min_ms=0.02):
     if not step:
         return []
     origin = step[0][1]
-    compute = sorted((s, e) for name, s, e, _ in step if "nccl" not in name.lower())
+    compute = sorted((s, e) for name, s, e, _ in step if not is_collective(name))
     spans = []
     for name, start, end, _ in step:
-        if "nccl" not in name.lower():
+        if not is_collective(name):
             continue
         free = [(start, end)]  # the parts of [start, end) no compute kernel covers
         for s, e in compute:
@@ -131,7 +136,7 @@ def main():
                                         collections.Counter())
     kernels = device_kernels(path)
     for name, s, e, stats in kernels:
-        is_nccl = "nccl" in name.lower()
+        is_nccl = is_collective(name)
         (nccl if is_nccl else compute).append((s, e))
         if is_nccl:
             by_kind[collective_kind(name)].append((s, e))

@@ -504,8 +504,9 @@ class JaxRunner:
     def _sum_token_gradients(self, token_grads, token_rows, num_rows):
         """The gradient of the batch's rows of E, from each device's gradients
         of its tokens' embeddings [B·T, d] (compute dtype): all-gathered as
-        they are, then summed per row in float32 (the same sums as all-reducing
-        each device's float32 row gradients, in another order)."""
+        they are, then summed per row in float32, or in their own dtype if
+        wider (the same sums as all-reducing each device's float32 row
+        gradients, in another order)."""
         import jax
         import jax.numpy as jnp
 
