@@ -24,7 +24,9 @@ waited for before the next is dispatched: that adds the host's dispatch
 time to every step. The ratio is over BIGLSTM in the same run, and with
 `--num_gpus 1,4` the scaling is over the same model on one GPU of the same
 machine, in the same run. The JSON also holds every model's exact RNN
-parameter count (paper Table 1) and the paper's figures.
+parameter count (paper Table 1), the paper's figures, and the model's GEMM
+FLOP/s per GPU (`LanguageModel.train_flops_per_word` times words/s), to set
+against the GPU's peak.
 """
 
 import argparse
@@ -107,6 +109,7 @@ def time_model(preset, vocab_updates, num_gpus, args, unroll):
         waited.append(time.perf_counter() - t0)
     waited_seconds = statistics.median(waited)
     rnn_params = sum(rnn.count_params() for rnn in runner.model.rnns)
+    flops_per_word = runner.model.train_flops_per_word()
     words = rows * hps.num_steps
     return {
         "model": preset,
@@ -121,6 +124,8 @@ def time_model(preset, vocab_updates, num_gpus, args, unroll):
         "step_ms_waited": round(1000 * waited_seconds, 2),
         "compile_s": round(compile_s, 1),
         "rnn_params": rnn_params,
+        "train_flops_per_word": flops_per_word,
+        "model_tflops_per_gpu": round(words / seconds / num_gpus * flops_per_word / 1e12, 1),
         "paper_words_per_s_4xV100": PAPER[preset]["words_per_s"],
     }
 
@@ -207,7 +212,8 @@ def main():
         "rows": [],
     }
     print(f"{'model':10s} {'GPUs':>4s} {'vocab':>6s} {'unroll':>6s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} {'vs fastest':>10s} "
-          f"{'scaling':>8s} {'waited':>10s} {'scaling':>8s} {'paper':>8s} {'RNN params':>12s}", flush=True)
+          f"{'scaling':>8s} {'waited':>10s} {'scaling':>8s} {'paper':>8s} {'RNN params':>12s} {'TFLOP/s/GPU':>11s}",
+          flush=True)
     # A model's looped and unrolled steps run one after the other (with
     # BIGLSTM first, the fastest BIGLSTM is known when the other models' rows
     # are printed; the final ratios are printed at the end).
@@ -225,7 +231,8 @@ def main():
         print(f"{preset:10s} {num_gpus:4d} {vocab_updates:>6s} {str(unroll).lower():>6s} {row['words_per_s']:10,.0f} "
               f"{row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} {fastest:>10s} {scaling:>8s} "
               f"{row['words_per_s_waited']:10,.0f} {waited:>8s} "
-              f"{row['paper_words_per_s_4xV100'] or 0:8,} {row['rnn_params']:12,}", flush=True)
+              f"{row['paper_words_per_s_4xV100'] or 0:8,} {row['rnn_params']:12,} "
+              f"{row['model_tflops_per_gpu']:11.1f}", flush=True)
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(result, f, indent=1)

@@ -10,9 +10,16 @@ at once (e.g. dW_h = H_prevᵀ·dZ, dP = Mᵀ·dH), which is how cuDNN does it.
 This is exact because each step is row-wise and the weights are shared
 across steps: Σ_t vjp_w(f, rows_t)[g_t] = vjp_w(f, ∪_t rows_t)[∪_t g_t].
 
-The cell's own methods (`gate_preactivations`, `gates`, `project`) are
-reused as pure functions of explicit weights through `keras.StatelessScope`,
-so there is no second copy of any cell's math.
+The cell's own methods (`recurrent_term`, `expand`, `gates`, `project`)
+are reused as pure functions of explicit weights through
+`keras.StatelessScope`, so there is no second copy of any cell's math.
+
+The backward step already computes ds_t, the gradient of the sum
+s_t = u_t + recurrent_term(h_{t-1}) (it is also u's gradient), so the weight
+pass takes recurrent_term's gradients from it: for the F-LSTM,
+dW1_h = H_prevᵀ·dS, and dW2 = Sᵀ·dZ from the saved s. Differentiating the
+whole map z = expand(s) instead would compute dS = dZ·W2ᵀ a second time,
+a [T·B, 4n]×[4n, r] GEMM (a fifth of the F512 step's matmul FLOPs).
 
 The caller (`layers._FusedRNN.inner_loop`) hands c over in float32 even
 under a bfloat16 policy, as on the generic path; it stays so through the
@@ -70,7 +77,8 @@ def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
 
         return pure
 
-    recurrent = bound(cell.gate_preactivations)
+    recurrent_term = bound(cell.recurrent_term)
+    expand = bound(cell.expand)
     project = bound(cell.project)
     gates = bound(cell.gates)
 
@@ -80,45 +88,51 @@ def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
     def forward(w, u, h0, c0):
         def step(carry, u_t):
             h, c = carry
-            z = recurrent(w, u_t, masked(h))
+            s = u_t + recurrent_term(w, masked(h))  # gate_preactivations, in two parts
+            z = expand(w, s)
             m, c_new = gates(w, z, c)
             h_new = project(w, m)
-            return (h_new, c_new), (h_new, c, z, m)
+            # s is z itself unless the map is factorized: saved once.
+            return (h_new, c_new), (h_new, c, z, m, None if z is s else s)
 
-        (h, c), (hs, c_prevs, zs, ms) = jax.lax.scan(
+        (h, c), (hs, c_prevs, zs, ms, ss) = jax.lax.scan(
             step, (h0, c0), u, unroll=scan_unroll
         )
-        return (hs, h, c), (c_prevs, zs, ms)
+        return (hs, h, c), (c_prevs, zs, ms, ss)
 
     @jax.custom_vjp
     def recurrence(w, u, h0, c0):
         return forward(w, u, h0, c0)[0]
 
     def recurrence_fwd(w, u, h0, c0):
-        outputs, (c_prevs, zs, ms) = forward(w, u, h0, c0)
+        outputs, (c_prevs, zs, ms, ss) = forward(w, u, h0, c0)
         hs = outputs[0]
         h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-        return outputs, (w, u, masked(h_prevs), c_prevs, zs, ms)
+        return outputs, (w, masked(h_prevs), c_prevs, zs, ms, ss)
 
     def recurrence_bwd(residuals, cotangents):
-        w, u, h_ins, c_prevs, zs, ms = residuals
+        w, h_ins, c_prevs, zs, ms, ss = residuals
         d_hs, d_h_last, d_c_last = cotangents
 
         def step(carry, xs):
             d_h_next, d_c = carry
-            d_h_out, u_t, h_in, c_prev, z, m = xs
+            d_h_out, h_in, c_prev, z, m, s = xs
             d_h = d_h_out + d_h_next
             d_m = jax.vjp(lambda m_: project(w, m_), m)[1](d_h)[0]
             d_z, d_c_prev = jax.vjp(lambda z_, c_: gates(w, z_, c_), z, c_prev)[1](
                 (d_m, d_c)
             )
-            d_u, d_h_in = jax.vjp(lambda u_, h_: recurrent(w, u_, h_), u_t, h_in)[1](d_z)
-            return (masked(d_h_in), d_c_prev), (d_u, d_z, d_m, d_c, d_h)
+            if s is None:  # z = s: one gradient, stacked once
+                d_s, d_z = d_z, None
+            else:
+                d_s = jax.vjp(lambda s_: expand(w, s_), s)[1](d_z)[0]
+            d_h_in = jax.vjp(lambda h_: recurrent_term(w, h_), h_in)[1](d_s)[0]
+            return (masked(d_h_in), d_c_prev), (d_s, d_z, d_m, d_c, d_h)
 
-        (d_h0, d_c0), (d_u, d_z, d_m, d_c, d_h) = jax.lax.scan(
+        (d_h0, d_c0), (d_s, d_z, d_m, d_c, d_h) = jax.lax.scan(
             step,
             (d_h_last, d_c_last),
-            (d_hs, u, h_ins, c_prevs, zs, ms),
+            (d_hs, h_ins, c_prevs, zs, ms, ss),
             reverse=True,
             unroll=scan_unroll,
         )
@@ -126,17 +140,22 @@ def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
         def rows(a):
             return a.reshape((-1,) + a.shape[2:])
 
+        if ss is None:
+            ss, d_z = zs, d_s
+
         def all_steps(w_):
             return (
-                recurrent(w_, rows(u), rows(h_ins)),
+                expand(w_, rows(ss)),
+                recurrent_term(w_, rows(h_ins)),
                 gates(w_, rows(zs), rows(c_prevs)),
                 project(w_, rows(ms)),
             )
 
         d_w = jax.vjp(all_steps, w)[1](
-            (rows(d_z), (rows(d_m), rows(d_c)), rows(d_h))
+            (rows(d_z), rows(d_s), (rows(d_m), rows(d_c)), rows(d_h))
         )[0]
-        return d_w, d_u, d_h0, d_c0
+        # u enters only through s = u + recurrent_term(h): du = ds.
+        return d_w, d_s, d_h0, d_c0
 
     recurrence.defvjp(recurrence_fwd, recurrence_bwd)
 

@@ -146,6 +146,24 @@ class LanguageModel(keras.Model):
         """The recurrent layers' trainable weights: f-lm clips and averages these."""
         return [v for rnn in self.rnns for v in rnn.trainable_variables]
 
+    def train_flops_per_word(self):
+        """The GEMM FLOPs of one training word, forward and backward (2 per multiply-add).
+
+            6·Σ|K| + 6·p·S       (sampled softmax; 6·p·V with the full one)
+
+        K runs over the recurrent layers' weight matrices (W_x, W_h, W1, W2,
+        P; grouped ones count their k blocks): each multiplies every token
+        once forward, once for the input gradient and once for its own
+        gradient. The sampled softmax multiplies h by the S sampled rows of W,
+        shared by the batch. Not counted: elementwise work (gates, the true
+        class's logit, the optimizers) and the sampler. Model FLOP/s is this
+        times words/s.
+        """
+        hps = self.hparams
+        matrices = sum(math.prod(w.shape) for w in self.lstm_variables if len(w.shape) >= 2)
+        classes = hps.num_sampled or hps.vocab_size
+        return 6 * matrices + 6 * hps.projected_size * classes
+
     def initial_state(self, batch_size):
         """Zero states, one ``[h (B×p), c (B×n)]`` per layer."""
         hps = self.hparams

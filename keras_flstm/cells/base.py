@@ -1,14 +1,19 @@
 """What every projected LSTM cell shares: arguments, projection, state, config.
 
 A subclass only defines its affine map `T(x, h) -> z` (the gate
-pre-activations) by implementing three hooks:
+pre-activations), `z = expand(input_term(x) + recurrent_term(h))`, by
+implementing its hooks:
 
 - `build_affine(input_dim)`: create the weights of `T`;
 - `input_term(x)`: the part of `T` that reads `x` alone. It accepts any
   number of leading axes, so a fused sequence layer can compute it for all
   time steps in one GEMM;
-- `gate_preactivations(u, h)`: finishes `T` from `u = input_term(x)` and
-  the previous output `h`.
+- `recurrent_term(h)`: the part that reads the previous output `h` alone,
+  in the same space as `input_term`;
+- `expand(s)`, optional: z from their sum s. The identity, unless the map
+  is factorized (F-LSTM: `s·W2 + b`). Kept apart so that the fused layers'
+  backward pass can reuse the gradient of s it already has for the weight
+  gradients of `recurrent_term`, instead of multiplying by W2 again.
 """
 
 import keras
@@ -242,8 +247,19 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
     def input_term(self, x):
         raise NotImplementedError
 
-    def gate_preactivations(self, u, h):
+    def recurrent_term(self, h):
         raise NotImplementedError
+
+    def expand(self, s):
+        """z from s = input_term(x) + recurrent_term(h): the identity here.
+
+        A subclass that overrides it must return a new tensor (the fused
+        layers test `expand(s) is s` to skip saving s twice)."""
+        return s
+
+    def gate_preactivations(self, u, h):
+        """z = expand(u + recurrent_term(h)), from u = input_term(x)."""
+        return self.expand(u + self.recurrent_term(h))
 
     def project(self, m):
         """h = clip(m·P): the output of the cell from the gated output m."""

@@ -93,10 +93,13 @@ class FLSTMCell(ProjectedLSTMCellBase):
         """u = x·W1_x (in factor space, rank r), for inputs of any rank."""
         return ops.matmul(x, self.kernel)
 
-    def gate_preactivations(self, u, h):
-        """z = (u + h·W1_h)·W2 + b."""
-        factors = u + ops.matmul(h, self.recurrent_kernel)
-        return self.add_bias(ops.matmul(factors, self.factor_kernel))
+    def recurrent_term(self, h):
+        """h·W1_h, in factor space (rank r)."""
+        return ops.matmul(h, self.recurrent_kernel)
+
+    def expand(self, s):
+        """z = s·W2 + b, from the factors s = x·W1_x + h·W1_h."""
+        return self.add_bias(ops.matmul(s, self.factor_kernel))
 
     def get_config(self):
         return {

@@ -133,9 +133,9 @@ class GLSTMCell(ProjectedLSTMCellBase):
         """u = [x¹·W_x¹ … xᵏ·W_xᵏ] (gate-major) + b, for inputs of any rank."""
         return self.add_bias(self._grouped_matmul(x, self.kernel))
 
-    def gate_preactivations(self, u, h):
-        """z = u + [h¹·W_h¹ … hᵏ·W_hᵏ] (gate-major)."""
-        return u + self._grouped_matmul(h, self.recurrent_kernel)
+    def recurrent_term(self, h):
+        """[h¹·W_h¹ … hᵏ·W_hᵏ] (gate-major); z = u + this."""
+        return self._grouped_matmul(h, self.recurrent_kernel)
 
     def get_config(self):
         return {**super().get_config(), "groups": self.groups}

@@ -56,6 +56,6 @@ class LSTMPCell(ProjectedLSTMCellBase):
         """u = x·W_x + b, for inputs of any rank."""
         return self.add_bias(ops.matmul(x, self.kernel))
 
-    def gate_preactivations(self, u, h):
-        """z = u + h·W_h."""
-        return u + ops.matmul(h, self.recurrent_kernel)
+    def recurrent_term(self, h):
+        """h·W_h; z = u + h·W_h."""
+        return ops.matmul(h, self.recurrent_kernel)
