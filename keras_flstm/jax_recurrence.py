@@ -19,7 +19,7 @@ s_t = u_t + recurrent_term(h_{t-1}) (it is also u's gradient), so the weight
 pass takes recurrent_term's gradients from it: for the F-LSTM,
 dW1_h = H_prevᵀ·dS, and dW2 = Sᵀ·dZ from the saved s. Differentiating the
 whole map z = expand(s) instead would compute dS = dZ·W2ᵀ a second time,
-a [T·B, 4n]×[4n, r] GEMM (a fifth of the F512 step's matmul FLOPs).
+a [T·B, 4n]×[4n, r] GEMM (19% on top of the F512 step's matmul FLOPs).
 
 The caller (`layers._FusedRNN.inner_loop`) hands c over in float32 even
 under a bfloat16 policy, as on the generic path; it stays so through the
