@@ -18,8 +18,9 @@ The backward step already computes ds_t, the gradient of the sum
 s_t = u_t + recurrent_term(h_{t-1}) (it is also u's gradient), so the weight
 pass takes recurrent_term's gradients from it: for the F-LSTM,
 dW1_h = H_prevᵀ·dS, and dW2 = Sᵀ·dZ from the saved s. Differentiating the
-whole map z = expand(s) instead would compute dS = dZ·W2ᵀ a second time,
-a [T·B, 4n]×[4n, r] GEMM (19% on top of the F512 step's matmul FLOPs).
+whole map z = expand(u + recurrent_term(h)) instead would compute s and
+dS = dZ·W2ᵀ a second time, a [T·B, p]×[p, r] and a [T·B, 4n]×[4n, r] GEMM
+(together 19% on top of the F512 step's matmul FLOPs).
 
 The caller (`layers._FusedRNN.inner_loop`) hands c over in float32 even
 under a bfloat16 policy, as on the generic path; it stays so through the

@@ -253,12 +253,16 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
     def expand(self, s):
         """z from s = input_term(x) + recurrent_term(h): the identity here.
 
-        A subclass that overrides it must return a new tensor (the fused
-        layers test `expand(s) is s` to skip saving s twice)."""
+        An identity must return `s` itself: the fused layers test
+        `expand(s) is s` and otherwise also save s for the backward pass
+        (correct, but a second [T, B, 4n] array)."""
         return s
 
     def gate_preactivations(self, u, h):
-        """z = expand(u + recurrent_term(h)), from u = input_term(x)."""
+        """z = expand(u + recurrent_term(h)), from u = input_term(x).
+
+        Not a hook: the fused layers' JAX path calls `recurrent_term` and
+        `expand` directly, so a subclass defines those."""
         return self.expand(u + self.recurrent_term(h))
 
     def project(self, m):

@@ -15,6 +15,9 @@ KINDS = {
     "lstm": (LSTMP, LSTMPCell, (8,), {}),
     "lstmp_peep_clip": (LSTMP, LSTMPCell, (12,), {"projection_units": 4, "use_peepholes": True, "cell_clip": 0.5, "projection_clip": 0.3}),
     "flstm": (FLSTM, FLSTMCell, (12, 3), {"projection_units": 4}),
+    # F-LSTM's expand (s·W2 + b) with peepholes and clips, and unprojected.
+    "flstm_peep_clip": (FLSTM, FLSTMCell, (12, 3), {"projection_units": 4, "use_peepholes": True, "cell_clip": 0.5, "projection_clip": 0.3}),
+    "flstm_unprojected": (FLSTM, FLSTMCell, (12, 3), {}),
     "glstm": (GLSTM, GLSTMCell, (12, 2), {"projection_units": 4}),
     # k = 4 groups of 3 units: the group-major scan layout's peepholes,
     # clips and the unprojected h.
@@ -99,12 +102,13 @@ def test_dropout_is_off_at_inference_and_on_in_training(kind):
 
 
 @kinds
-def test_gradients_equal_rnn_of_cell_in_float64(kind):
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_gradients_equal_rnn_of_cell_in_float64(kind, go_backwards):
     # On JAX this checks the hand-written VJP of the fast path against
     # autodiff through keras.layers.RNN; on TF, the generic fused path.
     x = _x(dtype="float64")
     grads = []
-    for layer in _pair(kind, dtype="float64", return_sequences=True):
+    for layer in _pair(kind, dtype="float64", return_sequences=True, go_backwards=go_backwards):
         inputs = keras.Input((6, D), dtype="float64")
         model = keras.Model(inputs, layer(inputs))
         probe = np.random.default_rng(3).normal(0, 1, model.output_shape[1:])

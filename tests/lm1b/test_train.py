@@ -445,7 +445,7 @@ def _dot_flops(module):
         in_loop = loop_depth is not None and depth > loop_depth
         if loop_depth is not None and depth <= loop_depth and "stablehlo.while" not in line:
             loop_depth = None
-        call = re.search(r"call @(\w+)", line)
+        call = re.search(r"(?<!\w)(?:func\.)?call @(\w+)", line)  # not custom_call
         if call:
             functions[name]["calls"].append((call.group(1), in_loop))
         if "stablehlo.dot_general" in line:
