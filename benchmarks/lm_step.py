@@ -111,6 +111,7 @@ def time_model(preset, vocab_updates, num_gpus, args, unroll):
     rnn_params = sum(rnn.count_params() for rnn in runner.model.rnns)
     flops_per_word = runner.model.train_flops_per_word()
     words = rows * hps.num_steps
+    words_per_s_per_gpu = words / seconds / num_gpus
     return {
         "model": preset,
         "num_gpus": num_gpus,
@@ -118,14 +119,14 @@ def time_model(preset, vocab_updates, num_gpus, args, unroll):
         # What the layers were built with, not just what was asked for.
         "unroll": all(rnn.unroll for rnn in runner.model.rnns),
         "words_per_s": words / seconds,
-        "words_per_s_per_gpu": words / seconds / num_gpus,
+        "words_per_s_per_gpu": words_per_s_per_gpu,
         "step_ms": round(1000 * seconds, 2),
         "words_per_s_waited": words / waited_seconds,
         "step_ms_waited": round(1000 * waited_seconds, 2),
         "compile_s": round(compile_s, 1),
         "rnn_params": rnn_params,
         "train_flops_per_word": flops_per_word,
-        "model_tflops_per_gpu": round(words / seconds / num_gpus * flops_per_word / 1e12, 1),
+        "model_tflops_per_gpu": round(words_per_s_per_gpu * flops_per_word / 1e12, 1),
         "paper_words_per_s_4xV100": PAPER[preset]["words_per_s"],
     }
 

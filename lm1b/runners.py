@@ -319,6 +319,12 @@ class JaxRunner:
         self._state, loss_sum, tokens, self.states = self._step(self._state, *batch, self.states)
         return loss_sum, tokens
 
+    def lower(self, batch):
+        """The training step on ``batch`` (already sharded), lowered by
+        ``jax.jit`` but not run: its ``as_text()`` shows the collectives and
+        matrix products the step is built from."""
+        return self._step.lower(self._state, *batch, self.states)
+
     def load(self):
         """Takes the arrays from the Keras variables (after a restore)."""
         import jax

@@ -340,8 +340,7 @@ for name, sizes, policy in (("odd", odd, "float32"), ("odd16", odd, "mixed_bfloa
         runner = JaxRunner(HParams.parse(common + "," + sizes), shard_lstm=shard)
         rows = runner.hps.batch_size * runner.num_replicas
         # The collectives the step is built from, before any step runs.
-        hlo = runner._step.lower(runner._state, *(runner.shard(a[:rows]) for a in batches[0]),
-                                 runner.states).as_text(dialect="hlo")
+        hlo = runner.lower(tuple(runner.shard(a[:rows]) for a in batches[0])).as_text(dialect="hlo")
         # HLO lines read "%name = f32[...] op(...)": keep each op's result type.
         collectives = {op: [line.split("=")[1].split()[0] for line in hlo.splitlines() if f" {op}(" in line]
                        for op in ("all-to-all", "reduce-scatter")}
@@ -419,8 +418,7 @@ for name, preset, extra, policy in (
     keras.config.set_dtype_policy(policy)
     runner = JaxRunner(HParams.from_preset(preset, ",".join([small, extra])))
     x = np.random.default_rng(0).integers(0, 1000, (4, 5)).astype("int32")
-    module = runner._step.lower(runner._state, *(runner.shard(a) for a in (x, x, np.ones(x.shape, "float32"))),
-                                runner.states).as_text()
+    module = runner.lower(tuple(runner.shard(a) for a in (x, x, np.ones(x.shape, "float32")))).as_text()
     result[name] = {"module": module, "words": int(x.size),
                     "flops_per_word": runner.model.train_flops_per_word()}
     keras.backend.clear_session()
