@@ -67,7 +67,8 @@ class GLSTMCell(ProjectedLSTMCellBase):
 
     Weights: `kernel` `(k, d/k, 4n/k)`, `recurrent_kernel` `(k, p/k, 4n/k)`,
     `bias` `(4n,)`, and the full `projection_kernel` `(n, p)`. The affine
-    map has `4n·(d+p)/k` weights. All groups run as one batched einsum.
+    map has `4n·(d+p)/k` weights. All groups run as one einsum, batched over
+    (gate, group) pairs.
 
     Different `groups` per layer (the paper's "hierarchical" G4-G8) is just
     a different `groups` in each stacked cell.
@@ -122,11 +123,16 @@ class GLSTMCell(ProjectedLSTMCellBase):
         k, n = self.groups, self.units
         rows = kernel.shape[1]
         lead = ops.shape(v)[:-1]
-        v = ops.reshape(v, (-1, k, rows))
-        # Viewing each group's columns as (gate, unit) lets one einsum emit
-        # the per-gate concatenation directly.
-        w = ops.reshape(kernel, (k, rows, 4, n // k))
-        z = ops.einsum("bka,kagu->bgku", v, w)
+        v = ops.reshape(v, (-1, 1, k, rows))
+        # One small GEMM per (gate, group) pair, batched: each reads its rows
+        # of v and writes its columns of the gate-major z in place, and the
+        # gradients read z's gradient in place, with no transpose of a T·B
+        # by 4n array (batching over the groups alone would split each row
+        # of z as (gate, group, unit) around the batch axis, which a strided
+        # GEMM cannot address). The cost: v is repeated per gate.
+        v = ops.tile(v, (1, 4, 1, 1))
+        w = ops.transpose(ops.reshape(kernel, (k, rows, 4, n // k)), (2, 0, 1, 3))
+        z = ops.einsum("bgka,gkau->bgku", v, w)
         return ops.reshape(z, (*lead, 4 * n))
 
     def input_term(self, x):
