@@ -70,10 +70,7 @@ def make_step(preset, vocab_updates, num_gpus, args, unroll=False):
                            shard_lstm=None if args.lstm_update == "sharded" else False)
     finally:
         keras.config.set_dtype_policy("float32")
-    rows = hps.batch_size * num_gpus
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, hps.vocab_size, (rows, hps.num_steps)).astype("int32")
-    batch = tuple(runner.shard(a) for a in (x, np.roll(x, -1, axis=1), np.ones(x.shape, "float32")))
+    batch = random_batch(runner)
 
     def step(wait=True):
         loss_sum, _ = runner.train_step(batch)
@@ -82,6 +79,15 @@ def make_step(preset, vocab_updates, num_gpus, args, unroll=False):
         return loss_sum
 
     return runner, step
+
+
+def random_batch(runner):
+    """The fixed batch `make_step`'s steps run on: random word ids (seed 0)
+    for every GPU, targets the inputs shifted by one, all weights 1; sharded."""
+    hps = runner.hps
+    rows = hps.batch_size * hps.num_gpus
+    x = np.random.default_rng(0).integers(0, hps.vocab_size, (rows, hps.num_steps)).astype("int32")
+    return tuple(runner.shard(a) for a in (x, np.roll(x, -1, axis=1), np.ones(x.shape, "float32")))
 
 
 def time_model(preset, vocab_updates, num_gpus, args, unroll):

@@ -9,7 +9,9 @@ kernel time by the model part
 whose JAX name scope launched it (the recurrent layers rnn_0, rnn_1, ...;
 kernels that XLA replays from a CUDA graph carry no scope and count as
 "unattributed"), and the kernels that take the most time. jax.profiler only,
-no TensorFlow or TensorBoard.
+no TensorFlow or TensorBoard. With ``--dump_hlo PATH`` it also writes the
+compiled step's optimized HLO, where each kernel's name is a fusion's name:
+what a kernel computes, and from which model code (its ``op_name``).
 """
 
 import argparse
@@ -27,6 +29,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lm_step import PAPER  # noqa: E402
 from lm_step import make_step  # noqa: E402
+from lm_step import random_batch  # noqa: E402
 from rnn_throughput import matmul_precision  # noqa: E402
 
 
@@ -119,10 +122,16 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--out", default=None, help="write the summary as JSON here")
+    parser.add_argument("--dump_hlo", default=None, metavar="PATH",
+                        help="also write the compiled step's optimized HLO text here (the "
+                             "kernels' names in the profile are its fusions' names)")
     args = parser.parse_args()
     logdir = tempfile.mkdtemp()
     with matmul_precision(args.dtype):  # the step compiles on its first call, inside
-        _, step = make_step(args.model, args.vocab_updates, args.num_gpus, args, args.unroll)
+        runner, step = make_step(args.model, args.vocab_updates, args.num_gpus, args, args.unroll)
+        if args.dump_hlo:
+            with open(args.dump_hlo, "w") as f:
+                f.write(runner.lower(random_batch(runner)).compile().as_text())
         for _ in range(3):
             step()
         start = time.perf_counter()

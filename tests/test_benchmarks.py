@@ -106,6 +106,31 @@ def test_lm_step_times_looped_and_unrolled_layers(tmp_path):
     assert "over the fastest BIGLSTM of the same GPU count, final" in run.stdout
 
 
+@pytest.mark.tf_backend  # runs profile_lm_step.py on JAX in a subprocess: once is enough
+def test_profile_lm_step_writes_its_summary_and_the_compiled_steps_hlo(tmp_path):
+    """profile_lm_step.py end to end at a tiny size (on the CPU there are no
+    GPU kernels to count): the summary names the model, and --dump_hlo
+    writes the optimized HLO of that model's training step."""
+    out, hlo = tmp_path / "profile.json", tmp_path / "step.hlo.txt"
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "profile_lm_step.py"), "--model", "BIG_G4",
+         "--vocab_size", "500", "--batch_size", "2", "--steps", "1", "--out", str(out),
+         "--dump_hlo", str(hlo),
+         "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,num_steps=3"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT))
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["model"] == "BIG_G4" and "--dump_hlo" in summary["command"]
+    text = hlo.read_text()
+    assert text.startswith("HloModule jit__train_step")
+    # Optimized, not just lowered: the scheduled module with XLA's fusions.
+    assert "is_scheduled=true" in text.splitlines()[0] and " fusion(" in text
+    # This model's step: E is vocab × emb, and G4's grouped recurrent kernel
+    # holds 4 gates × 4 groups of (p/4) × (n/4) blocks.
+    assert "f32[500,8]" in text and "[4,4,2,4]" in text
+
+
 def test_lm_step_rejects_an_unknown_model_before_timing_any():
     run = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--models", "BIGLSTM,G2"],
