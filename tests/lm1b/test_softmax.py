@@ -109,15 +109,19 @@ def test_sampled_loss_survives_large_logits():
     # exp(±100) overflows or vanishes in float32: the true logit far above the
     # sampled ones (loss ~ 0) and far below them (loss ~ the gap) must both
     # stay finite and match TF's concatenated logsumexp.
+    # One label for every row, so shifting its bias moves only the true
+    # logits (if it is also sampled, it is an accidental hit in every row).
     weights, biases, labels, inputs = _problem("float32", seed=8)
+    labels[:] = 7
     sampled_values = _tf_sampled_values(labels, seed=3)
-    for shift in (100.0, -100.0):
+    for shift, loss_range in ((100.0, (0.0, 1e-30)), (-100.0, (80.0, 130.0))):
         shifted = biases.copy()
-        shifted[labels[:, 0]] += shift
+        shifted[7] += shift
         expected = _tf_reference(weights, shifted, labels, inputs, sampled_values)
         got = _np(sampled_softmax_loss(weights, shifted, labels, inputs, S, V,
                                        sampled_values=sampled_values))
         assert np.all(np.isfinite(got))
+        assert loss_range[0] <= expected.min() and expected.max() <= loss_range[1]
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
