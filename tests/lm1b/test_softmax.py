@@ -125,8 +125,13 @@ def test_sampled_loss_survives_large_logits():
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_sampled_gradients_match_tf():
+@pytest.mark.parametrize("true_gap", [None, 100.0, -100.0])
+def test_sampled_gradients_match_tf(true_gap):
     weights, biases, labels, inputs = _problem("float64", seed=4)
+    if true_gap is not None:
+        # As in the large-logit test: one label, its logit far from the rest.
+        labels[:] = 7
+        biases[7] += true_gap
     sampled_values = _tf_sampled_values(labels, seed=2)
     with tf.GradientTape() as tape:
         tensors = [tf.constant(a) for a in (weights, biases, inputs)]
