@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from machine_info import command_line
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCALED = (
@@ -75,7 +77,7 @@ def main():
     with open(vocab_path) as f:
         vocab_size = sum(1 for line in f if line.strip())
     result = {
-        "command": " ".join(["KERAS_BACKEND=" + os.environ.get("KERAS_BACKEND", "?"), "python"] + sys.argv),
+        "command": command_line(os.environ.get("KERAS_BACKEND", "?")),
         "machine": platform.node(),
         "gpus": args.gpus or "one, models one after another",
         "max_time_s": args.max_time,

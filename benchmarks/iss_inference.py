@@ -22,6 +22,7 @@ import sys
 
 import keras
 
+from machine_info import command_line
 from machine_info import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ def main():
     timing = argparse.Namespace(timing_batch=args.batch, timing_steps=args.steps, timing_runs=args.runs)
     mult_adds = [script.mult_adds_per_word(args.embed, hidden, args.vocab) for hidden in (args.baseline, args.pruned)]
     result = {
-        "command": " ".join([f"KERAS_BACKEND={keras.backend.backend()}", "python"] + sys.argv),
+        "command": command_line(keras.backend.backend()),
         "machine": {**script.machine(), "cpu": cpu_model()},
         "backend": keras.backend.backend(),
         "dtype": "float32",

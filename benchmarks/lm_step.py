@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lm1b.hparams import HParams  # noqa: E402
 from lm1b.runners import JaxRunner  # noqa: E402
+from machine_info import command_line  # noqa: E402
 from rnn_throughput import matmul_precision  # noqa: E402
 
 # Paper Table 1 (4×V100): words/s and RNN parameters.
@@ -200,12 +201,8 @@ def main():
     import jax
 
     result = {
-        # XLA and NCCL settings change the timings: the command records them
-        # (NCCL_NVLS_ENABLE=0 is the lent machines' own setting).
-        "command": " ".join(["KERAS_BACKEND=jax"]
-                            + [f"{k}='{v}'" for k, v in sorted(os.environ.items())
-                               if k == "XLA_FLAGS" or (k.startswith("NCCL_") and k != "NCCL_VERSION")]
-                            + ["python"] + sys.argv),
+        # (NCCL_NVLS_ENABLE=0 is the lent machines' own setting.)
+        "command": command_line("jax"),
         "machine": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
         "backend": "jax",
         "dtype": args.dtype,

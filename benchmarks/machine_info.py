@@ -1,6 +1,8 @@
 """What the benchmarks record about the machine they ran on."""
 
+import os
 import platform
+import sys
 
 
 def cpu_model():
@@ -13,3 +15,14 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor()
+
+
+def command_line(backend):
+    """The command that is running, as a shell line that reruns it.
+
+    XLA and NCCL settings change the timings, so the variables that hold
+    them come first, after ``KERAS_BACKEND``.
+    """
+    settings = [f"{k}='{v}'" for k, v in sorted(os.environ.items())
+                if k == "XLA_FLAGS" or (k.startswith("NCCL_") and k != "NCCL_VERSION")]
+    return " ".join([f"KERAS_BACKEND={backend}", *settings, "python", *sys.argv])

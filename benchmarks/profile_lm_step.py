@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lm_step import PAPER  # noqa: E402
 from lm_step import make_step  # noqa: E402
 from lm_step import random_batch  # noqa: E402
+from machine_info import command_line  # noqa: E402
 from rnn_throughput import matmul_precision  # noqa: E402
 
 
@@ -157,7 +158,7 @@ def main():
     nccl_ns = union_ns(nccl)
     exposed_ns = union_ns(nccl + compute) - union_ns(compute)
     summary = {
-        "command": " ".join(["KERAS_BACKEND=jax python"] + sys.argv),
+        "command": command_line("jax"),
         "machine": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
         "num_gpus": args.num_gpus,
         "model": args.model,

@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_flstm import FLSTM, GLSTM, LSTMP, FLSTMCell, GLSTMCell, LSTMPCell  # noqa: E402
+from machine_info import command_line  # noqa: E402
 
 CELLS = {
     "LSTMP": (LSTMP, LSTMPCell, {}),
@@ -202,7 +203,7 @@ def main():
             parser.error(f"unknown cell {name!r}; choose from {', '.join(CELLS)}")
 
     result = {
-        "command": " ".join([f"KERAS_BACKEND={keras.backend.backend()}", "python"] + sys.argv),
+        "command": command_line(keras.backend.backend()),
         "machine": machine_name(),
         "backend": keras.backend.backend(),
         "keras": keras.__version__,

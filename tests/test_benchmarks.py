@@ -14,7 +14,22 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import equal_time  # noqa: E402
 import lm_step  # noqa: E402
+import machine_info  # noqa: E402
 import profile_lm_step  # noqa: E402
+
+
+def test_command_line_records_the_xla_and_nccl_settings(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["benchmarks/lm_step.py", "--num_gpus", "4"])
+    for key in list(os.environ):
+        if key == "XLA_FLAGS" or key.startswith("NCCL_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=false")
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    monkeypatch.setenv("NCCL_VERSION", "2.99")  # describes NCCL, changes nothing
+    monkeypatch.setenv("OTHER", "1")
+    assert machine_info.command_line("jax") == (
+        "KERAS_BACKEND=jax NCCL_NVLS_ENABLE='0' XLA_FLAGS='--xla_gpu_enable_triton_gemm=false' "
+        "python benchmarks/lm_step.py --num_gpus 4")
 
 
 def test_union_of_intervals_equals_counting_covered_ticks():
