@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import json
 import os
-import sys
 
 import keras
 
