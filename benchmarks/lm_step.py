@@ -201,7 +201,7 @@ def main():
     import jax
 
     result = {
-        # (NCCL_NVLS_ENABLE=0 is the lent machines' own setting.)
+        # NCCL_NVLS_ENABLE=0 in recorded commands is the lent machines' own setting.
         "command": command_line("jax"),
         "machine": f"{len(jax.devices())}x {jax.devices()[0].device_kind}",
         "backend": "jax",

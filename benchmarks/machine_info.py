@@ -18,7 +18,8 @@ def cpu_model():
 
 
 def command_line(backend):
-    """The command that is running, as a shell line that reruns it.
+    """The command that is running, as one line for the record (its
+    arguments are not shell-quoted).
 
     XLA and NCCL settings change the timings, so the variables that hold
     them come first, after ``KERAS_BACKEND``.
