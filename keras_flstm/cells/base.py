@@ -233,13 +233,22 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
             return self.bias_initializer
         return _ForgetBiasOne(self.bias_initializer, self.units)
 
+    # z's layout (see `lstm_gates`): 1 is gate-major; GLSTMCell's is
+    # group-major, which its grouped GEMMs write in place.
+    gate_groups = 1
+
+    def bias_in_gate_layout(self):
+        """The bias, stored gate-major `(4n,)`, in z's layout."""
+        return self.bias
+
     def add_bias(self, z):
         if self.bias is None:
             return z
+        bias = self.bias_in_gate_layout()
         if keras.backend.standardize_dtype(z.dtype) in ("bfloat16", "float16"):
             # Read (and cast) the variable outside the custom-gradient op.
-            return _add_bias_with_float32_gradient(z, ops.cast(self.bias, z.dtype))
-        return z + self.bias
+            return _add_bias_with_float32_gradient(z, ops.cast(bias, z.dtype))
+        return z + bias
 
     def build_affine(self, input_dim):
         raise NotImplementedError
@@ -288,6 +297,7 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
             self.recurrent_activation,
             self.cell_clip,
             self.peepholes,
+            self.gate_groups,
         )
         return ops.cast(m, z.dtype), c
 

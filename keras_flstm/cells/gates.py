@@ -10,11 +10,14 @@ def lstm_gates(
     recurrent_activation,
     cell_clip=None,
     peepholes=None,
+    groups=1,
 ):
     """Applies the LSTM non-linearities to gate pre-activations.
 
     With `z = [z_i, z_f, z_c, z_o]` split along the last axis (Keras gate
-    order), and optional diagonal peephole weights `(w_i, w_f, w_o)`:
+    order; with `groups=k`, z is `[z¹ … zᵏ]` and each `zʲ = [zʲ_i, zʲ_f,
+    zʲ_c, zʲ_o]` covers the units of group j), and optional diagonal
+    peephole weights `(w_i, w_f, w_o)`:
 
     ```
     i   = recurrent_activation(z_i + w_i ⊙ c_prev)
@@ -35,12 +38,15 @@ def lstm_gates(
         recurrent_activation: Gate activation (usually sigmoid).
         cell_clip: Optional positive float; clips `c` to `±cell_clip`.
         peepholes: Optional tuple `(w_i, w_f, w_o)` of `(units,)` tensors.
+        groups: Positive int k, z's layout: k contiguous parts, one per
+            group of `units / k` consecutive units, each ordered i, f, c, o.
+            1 (the default) is Keras's gate-major layout.
 
     Returns:
         `(m, c)`: the gated output before any projection, and the new cell
         state, both of shape `(..., units)` and of `c_prev`'s dtype.
     """
-    z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
+    z_i, z_f, z_c, z_o = _split_gates(z, groups)
     # c may be carried in a wider dtype than z (float32 under a bf16
     # policy): the c path runs in c's dtype, the gates in z's.
     state_dtype = c_prev.dtype
@@ -58,3 +64,18 @@ def lstm_gates(
         z_o = z_o + w_o * ops.cast(c, z.dtype)
     o = ops.cast(recurrent_activation(z_o), state_dtype)
     return o * activation(c), c
+
+
+def _split_gates(z, groups):
+    """`(z_i, z_f, z_c, z_o)`, each `(..., units)`, from z laid out by groups."""
+    if groups == 1:
+        return ops.split(z, 4, axis=-1)
+    lead = ops.shape(z)[:-1]
+    units = z.shape[-1] // 4
+    per_group = ops.reshape(z, (*lead, groups, 4, units // groups))
+    # split, not indexing: its gradient is one concatenation (as for
+    # groups=1), where indexing's would be a sum of four padded arrays.
+    return tuple(
+        ops.reshape(gate, (*lead, units))
+        for gate in ops.split(per_group, 4, axis=-2)
+    )

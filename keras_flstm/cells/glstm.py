@@ -66,9 +66,11 @@ class GLSTMCell(ProjectedLSTMCellBase):
     this is exactly `LSTMPCell`.
 
     Weights: `kernel` `(k, d/k, 4n/k)`, `recurrent_kernel` `(k, p/k, 4n/k)`,
-    `bias` `(4n,)`, and the full `projection_kernel` `(n, p)`. The affine
-    map has `4n·(d+p)/k` weights. All groups run as one einsum, batched over
-    (gate, group) pairs.
+    `bias` `(4n,)` (gate-major, as above), and the full `projection_kernel`
+    `(n, p)`. The affine map has `4n·(d+p)/k` weights. All groups run as one
+    einsum batched over the groups, which computes z group-major,
+    `[z¹ … zᵏ]` (`gate_groups = k` in `lstm_gates`); the bias is permuted to
+    match.
 
     Different `groups` per layer (the paper's "hierarchical" G4-G8) is just
     a different `groups` in each stacked cell.
@@ -89,6 +91,7 @@ class GLSTMCell(ProjectedLSTMCellBase):
         if projection_units is not None:
             _check_divides(groups, "projection_units", projection_units, fix)
         self.groups = groups
+        self.gate_groups = groups
 
     def build_affine(self, input_dim):
         k, n = self.groups, self.units
@@ -117,30 +120,31 @@ class GLSTMCell(ProjectedLSTMCellBase):
     def _grouped_matmul(self, v, kernel):
         """Applies every group's map to its slice of v, in one einsum.
 
-        `v` is `(..., k·a)`; the result is `(..., 4n)` in gate-major,
-        group-contiguous order.
+        `v` is `(..., k·a)`; the result is `(..., 4n)`, group-major.
         """
-        k, n = self.groups, self.units
-        rows = kernel.shape[1]
+        k = self.groups
         lead = ops.shape(v)[:-1]
-        v = ops.reshape(v, (-1, 1, k, rows))
-        # One small GEMM per (gate, group) pair, batched: each reads its rows
-        # of v and writes its columns of the gate-major z in place, and the
-        # gradients read z's gradient in place, with no transpose of a T·B
-        # by 4n array (batching over the groups alone would split each row
-        # of z as (gate, group, unit) around the batch axis, which a strided
-        # GEMM cannot address). The cost: v is repeated per gate.
-        v = ops.tile(v, (1, 4, 1, 1))
-        w = ops.transpose(ops.reshape(kernel, (k, rows, 4, n // k)), (2, 0, 1, 3))
-        z = ops.einsum("bgka,gkau->bgku", v, w)
-        return ops.reshape(z, (*lead, 4 * n))
+        v = ops.reshape(v, (-1, k, kernel.shape[1]))
+        # Group-major z is what a GEMM batched over the groups writes in
+        # place (rows, then the group, then its 4n/k columns), and its
+        # gradients read it in place too: no transposed or repeated operand
+        # in the forward or backward pass. Gate-major z would split each row
+        # as (gate, group, unit) around the batch axis.
+        z = ops.einsum("bka,kau->bku", v, kernel)
+        return ops.reshape(z, (*lead, kernel.shape[0] * kernel.shape[2]))
+
+    def bias_in_gate_layout(self):
+        """The gate-major bias `(4, k, n/k)` permuted to group-major."""
+        k, n = self.groups, self.units
+        per_gate = ops.reshape(self.bias, (4, k, n // k))
+        return ops.reshape(ops.transpose(per_gate, (1, 0, 2)), (4 * n,))
 
     def input_term(self, x):
-        """u = [x¹·W_x¹ … xᵏ·W_xᵏ] (gate-major) + b, for inputs of any rank."""
+        """u = [x¹·W_x¹ … xᵏ·W_xᵏ] (group-major) + b, for inputs of any rank."""
         return self.add_bias(self._grouped_matmul(x, self.kernel))
 
     def recurrent_term(self, h):
-        """[h¹·W_h¹ … hᵏ·W_hᵏ] (gate-major); z = u + this."""
+        """[h¹·W_h¹ … hᵏ·W_hᵏ] (group-major); z = u + this."""
         return self._grouped_matmul(h, self.recurrent_kernel)
 
     def get_config(self):
