@@ -70,6 +70,13 @@ def _split_gates(z, groups):
     """`(z_i, z_f, z_c, z_o)`, each `(..., units)`, from z laid out by groups."""
     if groups == 1:
         return ops.split(z, 4, axis=-1)
+    if z.shape[-1] % (4 * groups):
+        raise ValueError(
+            f"lstm_gates(groups={groups}) needs z's last axis to hold 4 "
+            f"gates of each of {groups} equal groups, but it has "
+            f"{z.shape[-1]} entries, not a multiple of {4 * groups}. Pass "
+            "the groups count z was computed with (1 for gate-major z)."
+        )
     lead = ops.shape(z)[:-1]
     units = z.shape[-1] // 4
     per_group = ops.reshape(z, (*lead, groups, 4, units // groups))

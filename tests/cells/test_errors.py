@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_flstm import FLSTMCell, GLSTMCell, LSTMPCell
+from keras_flstm.cells import lstm_gates
 
 
 @pytest.mark.parametrize(
@@ -38,3 +39,12 @@ def test_groups_must_divide_the_input_size():
 def test_glstm_needs_a_known_input_size():
     with pytest.raises(ValueError, match=r"known input size.*None"):
         GLSTMCell(8, groups=2).build((None, None))
+
+
+def test_lstm_gates_needs_z_to_hold_every_groups_gates():
+    z, c = np.zeros((2, 24), "float32"), np.zeros((2, 6), "float32")
+    tanh, sigmoid = keras.activations.tanh, keras.activations.sigmoid
+    with pytest.raises(ValueError, match=r"groups=4.*24 entries.*multiple of 16"):
+        lstm_gates(z, c, tanh, sigmoid, groups=4)
+    m, c_new = lstm_gates(z, c, tanh, sigmoid, groups=3)
+    assert m.shape == c_new.shape == (2, 6)
