@@ -68,8 +68,6 @@ def lstm_gates(
 
 def _split_gates(z, groups):
     """`(z_i, z_f, z_c, z_o)`, each `(..., units)`, from z laid out by groups."""
-    if groups == 1:
-        return ops.split(z, 4, axis=-1)
     if z.shape[-1] % (4 * groups):
         raise ValueError(
             f"lstm_gates(groups={groups}) needs z's last axis to hold 4 "
@@ -80,8 +78,11 @@ def _split_gates(z, groups):
     lead = ops.shape(z)[:-1]
     units = z.shape[-1] // 4
     per_group = ops.reshape(z, (*lead, groups, 4, units // groups))
-    # split, not indexing: its gradient is one concatenation (as for
-    # groups=1), where indexing's would be a sum of four padded arrays.
+    # split along the gate axis, not indexing: its gradient is one
+    # concatenation, where indexing's is a sum of four padded arrays. Even
+    # for groups=1, XLA (GPU) then writes a backward step's dz in one fusion
+    # instead of four gate gradients and a copy into dz (1-3% on BIGLSTM,
+    # benchmarks/results/glstm_group_major_z/).
     return tuple(
         ops.reshape(gate, (*lead, units))
         for gate in ops.split(per_group, 4, axis=-2)
