@@ -7,7 +7,8 @@
 #
 #   bash benchmarks/ab_lm_step.sh GPUS DTYPE MODELS VARIANT...
 #   bash benchmarks/ab_lm_step.sh 1 bf16 BIGLSTM,BIG_G4 head new head new
-set -u
+set -u -o pipefail
+: "${OUT:?set OUT to the folder for the JSONs}"
 gpus=$1; dtype=$2; models=$3; shift 3
 common="--num_gpus $gpus --unroll true --warmup 2 --windows 5 --steps 10"
 for v in "$@"; do

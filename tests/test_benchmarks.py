@@ -142,8 +142,10 @@ def test_profile_lm_step_writes_its_summary_and_the_compiled_steps_hlo(tmp_path)
     # Optimized, not just lowered: the scheduled module with XLA's fusions.
     assert "is_scheduled=true" in text.splitlines()[0] and " fusion(" in text
     # This model's step: E is vocab × emb, and G4's grouped kernels hold 4
-    # groups of (p/4) × (4n/4) blocks.
+    # groups of (p/4) × (4n/4) blocks, used as stored: no per-step copy of
+    # them in (gate, group) order (4 × 4 blocks of p/4 × n/4).
     assert "f32[500,8]" in text and "[4,2,16]" in text
+    assert "[4,4,2,4]" not in text
 
 
 def test_lm_step_rejects_an_unknown_model_before_timing_any():

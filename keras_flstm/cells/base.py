@@ -237,14 +237,14 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
     # group-major, which its grouped GEMMs write in place.
     gate_groups = 1
 
-    def bias_in_gate_layout(self):
+    def bias_in_z_layout(self):
         """The bias, stored gate-major `(4n,)`, in z's layout."""
         return self.bias
 
     def add_bias(self, z):
         if self.bias is None:
             return z
-        bias = self.bias_in_gate_layout()
+        bias = self.bias_in_z_layout()
         if keras.backend.standardize_dtype(z.dtype) in ("bfloat16", "float16"):
             # Read (and cast) the variable outside the custom-gradient op.
             return _add_bias_with_float32_gradient(z, ops.cast(bias, z.dtype))

@@ -68,22 +68,26 @@ def lstm_gates(
 
 def _split_gates(z, groups):
     """`(z_i, z_f, z_c, z_o)`, each `(..., units)`, from z laid out by groups."""
-    if z.shape[-1] % (4 * groups):
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(
+            f"lstm_gates needs a positive integer `groups`, got "
+            f"groups={groups!r}. Pass 1 for gate-major z."
+        )
+    size = z.shape[-1]
+    if size is not None and size % (4 * groups):
         raise ValueError(
             f"lstm_gates(groups={groups}) needs z's last axis to hold 4 "
             f"gates of each of {groups} equal groups, but it has "
-            f"{z.shape[-1]} entries, not a multiple of {4 * groups}. Pass "
+            f"{size} entries, not a multiple of {4 * groups}. Pass "
             "the groups count z was computed with (1 for gate-major z)."
         )
     lead = ops.shape(z)[:-1]
-    units = z.shape[-1] // 4
-    per_group = ops.reshape(z, (*lead, groups, 4, units // groups))
+    per_group = ops.reshape(z, (*lead, groups, 4, -1))
     # split along the gate axis, not indexing: its gradient is one
     # concatenation, where indexing's is a sum of four padded arrays. Even
     # for groups=1, XLA (GPU) then writes a backward step's dz in one fusion
     # instead of four gate gradients and a copy into dz (1-3% on BIGLSTM,
     # benchmarks/results/glstm_group_major_z/).
     return tuple(
-        ops.reshape(gate, (*lead, units))
-        for gate in ops.split(per_group, 4, axis=-2)
+        ops.reshape(gate, (*lead, -1)) for gate in ops.split(per_group, 4, axis=-2)
     )

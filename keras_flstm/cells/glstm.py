@@ -60,10 +60,11 @@ class GLSTMCell(ProjectedLSTMCellBase):
     h_t = m_t·P                            P: (n, p), full: groups mix here
     ```
 
-    Each group's `4n/k` outputs are ordered i, f, c, o; the groups' parts
-    are then concatenated per gate, so c and m hold group j in units
-    `[j·n/k, (j+1)·n/k)` (f-lm's group-contiguous layout). With `groups=1`
-    this is exactly `LSTMPCell`.
+    Each group's `4n/k` outputs are ordered i, f, c, o. In the equations
+    (and in the stored bias) the groups' parts are concatenated per gate, so
+    c and m hold group j in units `[j·n/k, (j+1)·n/k)` (f-lm's
+    group-contiguous layout); the code never forms that gate-major z (see
+    below). With `groups=1` this is exactly `LSTMPCell`.
 
     Weights: `kernel` `(k, d/k, 4n/k)`, `recurrent_kernel` `(k, p/k, 4n/k)`,
     `bias` `(4n,)` (gate-major, as above), and the full `projection_kernel`
@@ -133,7 +134,7 @@ class GLSTMCell(ProjectedLSTMCellBase):
         z = ops.einsum("bka,kau->bku", v, kernel)
         return ops.reshape(z, (*lead, kernel.shape[0] * kernel.shape[2]))
 
-    def bias_in_gate_layout(self):
+    def bias_in_z_layout(self):
         """The gate-major bias `(4, k, n/k)` permuted to group-major."""
         k, n = self.groups, self.units
         per_gate = ops.reshape(self.bias, (4, k, n // k))

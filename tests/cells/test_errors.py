@@ -46,5 +46,7 @@ def test_lstm_gates_needs_z_to_hold_every_groups_gates():
     tanh, sigmoid = keras.activations.tanh, keras.activations.sigmoid
     with pytest.raises(ValueError, match=r"groups=4.*24 entries.*multiple of 16"):
         lstm_gates(z, c, tanh, sigmoid, groups=4)
+    with pytest.raises(ValueError, match=r"positive integer `groups`, got groups=0"):
+        lstm_gates(z, c, tanh, sigmoid, groups=0)
     m, c_new = lstm_gates(z, c, tanh, sigmoid, groups=3)
     assert m.shape == c_new.shape == (2, 6)

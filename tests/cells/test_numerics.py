@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_flstm import FLSTMCell, GLSTMCell, LSTMPCell
+from keras_flstm.cells import lstm_gates
 from tests.cells import reference as ref
 
 B, T, D, N, P = 3, 6, 8, 12, 4
@@ -81,6 +82,29 @@ def test_glstm_matches_float64_equations(groups, proj):
     x, (h0, c0) = _inputs(rng), _state(rng, proj or N, N)
     expect = ref.run(ref.glstm_affine(Kx, Kh, b), x, h0, c0, P=Pm)
     _check(layer, x, h0, c0, expect, atol=1e-12)
+
+
+def test_glstm_with_peepholes_and_clips_matches_float64_equations():
+    rng = np.random.default_rng(8)
+    cell = GLSTMCell(N, groups=4, projection_units=P, activation=tanh64, use_peepholes=True, cell_clip=0.3, projection_clip=0.2)
+    layer = _rnn(cell)
+    Kx, Kh, b, w_i, w_f, w_o, Pm = _randomize(layer, rng)
+    x, (h0, c0) = _inputs(rng), _state(rng, P, N)
+    expect = ref.run(ref.glstm_affine(Kx, Kh, b), x, h0, c0, P=Pm, cell_clip=0.3, proj_clip=0.2, peep=(w_i, w_f, w_o))
+    _check(layer, x, h0, c0, expect, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_lstm_gates_reads_z_group_major(groups):
+    """z laid out as k groups of (i, f, c, o) gives the gate-major equations."""
+    rng = np.random.default_rng(9)
+    z, c_prev = rng.normal(0, 1, (B, 4 * N)), rng.normal(0, 0.5, (B, N))
+    # Gate-major (gate, group, unit) -> group-major (group, gate, unit).
+    z_grouped = z.reshape(B, 4, groups, N // groups).transpose(0, 2, 1, 3).reshape(B, 4 * N)
+    m, c = lstm_gates(z_grouped, c_prev, tanh64, keras.activations.sigmoid, groups=groups)
+    m_want, c_want = ref.lstmp_step(z, c_prev)
+    np.testing.assert_allclose(np.asarray(m), m_want, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(np.asarray(c), c_want, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("dtype,atol", [("float64", 1e-12), ("float32", 1e-6)])
