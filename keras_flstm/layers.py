@@ -13,6 +13,8 @@ GEMM after the backward scan. Everything else takes the generic path below,
 built on `keras.ops` (and Keras's own backend `rnn` loop, which handles masks).
 """
 
+import contextlib
+
 from keras import ops
 from keras.layers import RNN
 from keras.saving import register_keras_serializable
@@ -75,6 +77,29 @@ class _FusedRNN(RNN):
         super().__init__(cell, **layer_kwargs)
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
+        # keras.layers.RNN calls its cell through `__call__`, which casts the
+        # inputs to the compute dtype and, under a mixed policy, reads the
+        # weights in it. This layer uses the cell's weights directly and
+        # relies on its own `__call__` for both; `Layer.stateless_call` runs
+        # `call` without it, so do the same here (no-ops otherwise).
+        dtype = self.cell.compute_dtype
+        sequences = ops.cast(sequences, dtype)
+        initial_state = [ops.cast(initial_state[0], dtype), *initial_state[1:]]
+        with self._cell_autocast():
+            return self._fused_loop(sequences, initial_state, mask, training)
+
+    def _cell_autocast(self):
+        """The autocast scope the cell's own `__call__` would open, if none is."""
+        cell = self.cell
+        if (
+            keras_backend.get_autocast_scope() is not None
+            or not cell.autocast
+            or cell.compute_dtype == cell.variable_dtype
+        ):
+            return contextlib.nullcontext()
+        return keras_backend.AutocastScope(cell.compute_dtype)
+
+    def _fused_loop(self, sequences, initial_state, mask, training):
         cell = self.cell
         if training and cell.dropout > 0:
             # One input mask per sequence, as the cell uses step by step.

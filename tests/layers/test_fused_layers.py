@@ -219,3 +219,32 @@ print("ok")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.getcwd()}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["lstmp", "flstm", "glstm"])
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_stateless_call_under_mixed_bfloat16_equals_call(kind, masked):
+    """Layer.stateless_call skips the autocast scope that __call__ opens; the
+    layer must still compute in bfloat16, as keras.layers.LSTM does."""
+    layer_cls, _, args, cell_kwargs = KINDS[kind]
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = layer_cls(*args, **cell_kwargs, return_sequences=True)
+        layer.build((3, None, D))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    x = _x()
+    mask = np.array([[True] * 6, [True] * 4 + [False] * 2, [True] * 6]) if masked else None
+    want = layer(x, mask=mask)
+    got, _ = layer.stateless_call(
+        [v.value for v in layer.trainable_variables],
+        [v.value for v in layer.non_trainable_variables],
+        x,
+        mask=mask,
+    )
+    assert keras.backend.standardize_dtype(got.dtype) == "bfloat16"
+    np.testing.assert_array_equal(np.asarray(ops_f32(got)), np.asarray(ops_f32(want)))
+
+
+def ops_f32(t):
+    return keras.ops.cast(t, "float32")
