@@ -70,7 +70,7 @@ class GLSTMCell(ProjectedLSTMCellBase):
     `bias` `(4n,)` (gate-major, as above), and the full `projection_kernel`
     `(n, p)`. The affine map has `4n·(d+p)/k` weights. All groups run as one
     einsum batched over the groups, which computes z group-major,
-    `[z¹ … zᵏ]` (`gate_groups = k` in `lstm_gates`); the bias is permuted to
+    `[z¹ … zᵏ]` (`lstm_gates(..., groups=k)`); the bias is permuted to
     match.
 
     Different `groups` per layer (the paper's "hierarchical" G4-G8) is just
