@@ -92,7 +92,6 @@ class GLSTMCell(ProjectedLSTMCellBase):
         if projection_units is not None:
             _check_divides(groups, "projection_units", projection_units, fix)
         self.groups = groups
-        self.gate_groups = groups
 
     def build_affine(self, input_dim):
         k, n = self.groups, self.units
@@ -133,6 +132,11 @@ class GLSTMCell(ProjectedLSTMCellBase):
         # as (gate, group, unit) around the batch axis.
         z = ops.einsum("bka,kau->bku", v, kernel)
         return ops.reshape(z, (*lead, kernel.shape[0] * kernel.shape[2]))
+
+    @property
+    def gate_groups(self):
+        """z is group-major: `lstm_gates(..., groups=k)` reads it."""
+        return self.groups
 
     def bias_in_z_layout(self):
         """The gate-major bias `(4, k, n/k)` permuted to group-major."""
