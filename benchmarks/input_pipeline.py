@@ -29,6 +29,7 @@ import tensorflow_text as tf_text
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lm1b import data, input_pipeline  # noqa: E402
+from machine_info import command_line  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 TRAIN_PATTERN = os.path.join("training-monolingual.tokenized.shuffled", "*")
@@ -101,7 +102,7 @@ def main():
         print(f"{path:<24} {rate:>12,}")
 
     result = {
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command_line(os.environ.get("KERAS_BACKEND", "tensorflow")),
         "machine": {
             "platform": platform.platform(),
             "cpu": cpu_model(),
