@@ -155,17 +155,36 @@ def test_jax_fast_path_is_taken_on_jax_without_mask_only(monkeypatch):
     assert len(calls) == fast
 
 
+def _bf16_matmul_error():
+    """Relative error (norms) of the backend's bf16 GEMM against the exact
+    product of the same bf16 inputs: the rounding a bf16 layer is built on.
+
+    It is not the same everywhere: 0.17% on JAX (the output's rounding
+    alone), 0.33% on TensorFlow on a CPU without AVX-512 BF16.
+    """
+    rng = np.random.default_rng(0)
+    a = keras.ops.cast(rng.normal(size=(640, 64)), "bfloat16")
+    b = keras.ops.cast(rng.normal(size=(64, 256)), "bfloat16")
+    exact = np.asarray(keras.ops.cast(a, "float64")) @ np.asarray(keras.ops.cast(b, "float64"))
+    got = np.asarray(keras.ops.cast(keras.ops.matmul(a, b), "float64"))
+    return np.linalg.norm(got - exact) / np.linalg.norm(exact)
+
+
 @pytest.mark.parametrize(
     "layer_cls,args",
     [(LSTMP, (64,)), (FLSTM, (64, 16)), (GLSTM, (64, 4))],
     ids=["lstmp", "flstm", "glstm"],
 )
-def test_bfloat16_within_one_percent_of_float32(layer_cls, args):
-    """Outputs and weight gradients under mixed_bfloat16, relative to float32 (norms).
+def test_bfloat16_close_to_float32(layer_cls, args):
+    """Outputs and weight gradients under mixed_bfloat16, relative to float32
+    (norms), within a multiple of the backend's own bf16 GEMM error ε.
 
-    Seeded: over random initialisations the worst gradient error is 0.6-0.9%
-    (F-LSTM's W1_h passes two bf16 GEMMs), and an unlucky draw can exceed 1%.
+    Measured, 20 steps, seeds 0-2: outputs 2.3-3.7 ε and gradients
+    3.7-6.4 ε, on JAX (ε = 0.17%: up to 0.6% and 0.9%) and on TensorFlow on
+    an AVX2-only CPU (ε = 0.33%: up to 1.1% and 2.1%). A fixed 1% passed JAX
+    everywhere but failed TensorFlow there.
     """
+    eps = _bf16_matmul_error()
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(1).normal(0, 1, (32, 20, 32)).astype("float32")
     results, weights = {}, None
@@ -183,10 +202,10 @@ def test_bfloat16_within_one_percent_of_float32(layer_cls, args):
         out = np.asarray(keras.ops.cast(model(x), "float32"))
         results[policy] = out, [np.asarray(g, "float32") for g in grad(weights)]
     (out32, g32), (out16, g16) = results["float32"], results["mixed_bfloat16"]
-    assert np.linalg.norm(out16 - out32) <= 1e-2 * np.linalg.norm(out32)
+    assert np.linalg.norm(out16 - out32) <= 5 * eps * np.linalg.norm(out32), eps
     for a, b in zip(g16, g32):
         error = np.linalg.norm(a - b) / np.linalg.norm(b)
-        assert error <= 1e-2, (a.shape, error)
+        assert error <= 8 * eps, (a.shape, error, eps)
 
 
 def test_exported():
