@@ -34,11 +34,11 @@ tf_backend = pytest.mark.tf_backend
 
 
 def write_checkpoint(logdir, hpconfig, steps, seed=0, lstm_std=0.5):
-    """Saves ckpt-<steps> with lm1b.checkpointing: every trainable weight drawn
-    from N(0, 0.5²) by numpy (so the distributions are peaked; the LSTM's from
-    N(0, lstm_std²)), then ``steps`` LSTM optimizer steps on seeded gradients
-    (so the EMA differs from the weights). The numbers are the same on every
-    backend."""
+    """Saves ckpt-<steps> with lm1b.checkpointing: the embedding and softmax
+    weights drawn from N(0, 0.5²) by numpy (so the distributions are peaked),
+    the LSTM's from N(0, lstm_std²), then ``steps`` LSTM optimizer steps on
+    seeded gradients (so the EMA differs from the weights). The numbers are
+    the same on every backend."""
     hps = HParams.parse(hpconfig)
     model = LanguageModel(hps)
     model.build()
@@ -281,7 +281,8 @@ def lstmp_contracting(tmp_path_factory):
     steps, so over thousands of steps two float32 computations agree only
     where their kernels round alike (the served graph and a tf.function did
     on one CPU and not on another). With N(0, 0.2²) such a change decays
-    (below 1e-7 after 20 steps), so a mismatch is a real one.
+    (below 1e-7 after 20 steps), so a mismatch is a real one; the test
+    checks that this still holds for the weights it serves.
     """
     import tensorflow as tf
 
@@ -300,9 +301,16 @@ def test_long_inputs_and_batches_do_not_interact(lstmp_contracting, vocab):
     ckpt, served = lstmp_contracting
     rng = np.random.default_rng(0)
     long = [vocab.tokens[i] for i in rng.integers(0, vocab.num_tokens, 5000)]
+    model = _reference_model(ckpt)
+    # The comparison below is only meaningful if the recurrence forgets a
+    # rounding-sized difference of its state (see the fixture).
+    x = np.array([[vocab.s_id] + _ids(vocab, long[:100])], np.int32)
+    states = model.initial_state(1)
+    nudged = tf.nest.map_structure(lambda s: s + 1e-6, states)
+    drift = np.abs(np.asarray(model(x, states)[0]) - np.asarray(model(x, nudged)[0]))[0, -1].max()
+    assert drift < 1e-6, f"the served LSTM does not forget a 1e-6 nudge of its state ({drift:.1e} after 100 steps)"
     short = _heldout(2)
     got = _score(served, [" ".join(long)] + [" ".join(w) for w in short])
-    model = _reference_model(ckpt)
     ids = _ids(vocab, long)
     x = np.array([[vocab.s_id] + ids], np.int32)
     y = np.array([ids + [vocab.s_id]], np.int32)
