@@ -304,10 +304,10 @@ def test_long_inputs_and_batches_do_not_interact(lstmp_contracting, vocab):
     model = _reference_model(ckpt)
     # The comparison below is only meaningful if the recurrence forgets a
     # rounding-sized difference of its state (see the fixture).
-    x = np.array([[vocab.s_id] + _ids(vocab, long[:100])], np.int32)
+    prefix = np.array([[vocab.s_id] + _ids(vocab, long[:100])], np.int32)
     states = model.initial_state(1)
     nudged = tf.nest.map_structure(lambda s: s + 1e-6, states)
-    drift = np.abs(np.asarray(model(x, states)[0]) - np.asarray(model(x, nudged)[0]))[0, -1].max()
+    drift = np.abs(np.asarray(model(prefix, states)[0]) - np.asarray(model(prefix, nudged)[0]))[0, -1].max()
     assert drift < 1e-6, f"the served LSTM does not forget a 1e-6 nudge of its state ({drift:.1e} after 100 steps)"
     short = _heldout(2)
     got = _score(served, [" ".join(long)] + [" ".join(w) for w in short])
