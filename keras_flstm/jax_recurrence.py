@@ -42,6 +42,22 @@ from keras.src.backend.common.variables import get_autocast_scope
 PARTIAL_UNROLL = 4
 
 
+def _opaque_to_reduce_splitting(stack):
+    """`stack`, exactly (rounded to its own precision), in an op that stops
+    XLA from splitting a sum over it into one sum per scanned step.
+
+    XLA rewrites reduce(concatenate(x_1..x_T)) into T reductions, one per
+    step's slice. The bias gradient (a float32 row sum) of the stacked
+    [T, B, 4n] dS is such a sum, and the stack is built anyway for the
+    weight GEMMs; split, it is read twice, and the stack is a bare copy.
+    Unsplit, one fusion writes the stack and sums it, as XLA already does
+    under a bfloat16 policy, where the sum's cast to float32 stands in the
+    rewrite's way.
+    """
+    info = jnp.finfo(stack.dtype)
+    return jax.lax.reduce_precision(stack, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
 def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
     """Runs `cell` over `sequences` [B, T, d]; the inner loop of a fused layer.
 
@@ -141,6 +157,10 @@ def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
         def rows(a):
             return a.reshape((-1,) + a.shape[2:])
 
+        if unroll:  # a looped scan builds its stacks in place, unconcatenated
+            d_s = _opaque_to_reduce_splitting(d_s)
+            if ss is not None:
+                d_z = _opaque_to_reduce_splitting(d_z)
         if ss is None:
             ss, d_z = zs, d_s
 

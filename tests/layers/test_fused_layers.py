@@ -103,12 +103,13 @@ def test_dropout_is_off_at_inference_and_on_in_training(kind):
 
 @kinds
 @pytest.mark.parametrize("go_backwards", [False, True])
-def test_gradients_equal_rnn_of_cell_in_float64(kind, go_backwards):
+@pytest.mark.parametrize("unroll", [False, True], ids=["looped", "unrolled"])
+def test_gradients_equal_rnn_of_cell_in_float64(kind, go_backwards, unroll):
     # On JAX this checks the hand-written VJP of the fast path against
     # autodiff through keras.layers.RNN; on TF, the generic fused path.
     x = _x(dtype="float64")
     grads = []
-    for layer in _pair(kind, dtype="float64", return_sequences=True, go_backwards=go_backwards):
+    for layer in _pair(kind, dtype="float64", return_sequences=True, go_backwards=go_backwards, unroll=unroll):
         inputs = keras.Input((6, D), dtype="float64")
         model = keras.Model(inputs, layer(inputs))
         probe = np.random.default_rng(3).normal(0, 1, model.output_shape[1:])
@@ -242,6 +243,37 @@ print("ok")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.getcwd()}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+@pytest.mark.tf_backend  # drives a JAX subprocess itself; once is enough
+def test_unrolled_bias_gradient_is_one_sum_over_all_steps_on_jax():
+    """The unrolled backward pass's bias gradient compiles to one row sum
+    over the stacked gate gradients, not to one sum per step, which XLA
+    makes of a float32 sum over a concatenation
+    (`jax_recurrence._opaque_to_reduce_splitting`)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import re, jax, keras, numpy as np, keras_flstm as K
+x = np.random.default_rng(0).normal(size=(3, 6, 8)).astype("float32")
+for make in (lambda: K.LSTMP(16, projection_units=8, unroll=True),
+             lambda: K.GLSTM(16, 2, projection_units=8, unroll=True),
+             lambda: K.FLSTM(16, 4, projection_units=8, unroll=True)):
+    layer = make()
+    layer.build(x.shape)
+    trainable = [v.value for v in layer.trainable_variables]
+    fixed = [v.value for v in layer.non_trainable_variables]
+    loss = lambda w: layer.stateless_call(w, fixed, x)[0].sum()
+    hlo = jax.jit(jax.grad(loss)).lower(trainable).compile().as_text()
+    # The bias is (4n,) = (64,): count the sums that make a float32[64].
+    print(len(re.findall(r"= f32\[64\]\S* reduce\(", hlo)))
+"""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "1", "1"], done.stdout
 
 
 @pytest.mark.parametrize("kind", ["lstmp", "flstm", "glstm"])
