@@ -53,6 +53,12 @@ def _opaque_to_reduce_splitting(stack):
     Unsplit, one fusion writes the stack and sums it, as XLA already does
     under a bfloat16 policy, where the sum's cast to float32 stands in the
     rewrite's way.
+
+    Exact for the IEEE-style float types the layers compute in (float16,
+    bfloat16, float32, float64), not for the float8 types. XLA's GPU
+    compiler removes no-op reduce_precision ops late in its pipeline;
+    the sum stays whole there all the same (one fused concatenate-and-sum
+    per layer in the H200 profiles, `benchmarks/results/bias_gradient_unsplit/`).
     """
     info = jnp.finfo(stack.dtype)
     return jax.lax.reduce_precision(stack, exponent_bits=info.nexp, mantissa_bits=info.nmant)
@@ -157,7 +163,11 @@ def run(cell, sequences, initial_state, recurrent_mask, go_backwards, unroll):
         def rows(a):
             return a.reshape((-1,) + a.shape[2:])
 
-        if unroll:  # a looped scan builds its stacks in place, unconcatenated
+        # lax.scan concatenates its stacked outputs when it unrolls them
+        # all, or a remainder block, or its one trip; a loop of several
+        # whole trips writes them in place, with nothing to split.
+        steps = d_s.shape[0]
+        if unroll or steps % PARTIAL_UNROLL or steps < 2 * PARTIAL_UNROLL:
             d_s = _opaque_to_reduce_splitting(d_s)
             if ss is not None:
                 d_z = _opaque_to_reduce_splitting(d_z)

@@ -248,8 +248,8 @@ print("ok")
 @pytest.mark.tf_backend  # drives a JAX subprocess itself; once is enough
 def test_unrolled_bias_gradient_is_one_sum_over_all_steps_on_jax():
     """The unrolled backward pass's bias gradient compiles to one row sum
-    over the stacked gate gradients, not to one sum per step, which XLA
-    makes of a float32 sum over a concatenation
+    over the stacked gate gradients, not to one sum per concatenated
+    piece, which XLA makes of a float32 sum over a concatenation
     (`jax_recurrence._opaque_to_reduce_splitting`)."""
     import os
     import subprocess
@@ -258,9 +258,12 @@ def test_unrolled_bias_gradient_is_one_sum_over_all_steps_on_jax():
     script = """
 import re, jax, keras, numpy as np, keras_flstm as K
 x = np.random.default_rng(0).normal(size=(3, 6, 8)).astype("float32")
+# The last: looped, 6 steps, where lax.scan (4 steps per trip) concatenates
+# a remainder block of 2 to its loop's stack.
 for make in (lambda: K.LSTMP(16, projection_units=8, unroll=True),
              lambda: K.GLSTM(16, 2, projection_units=8, unroll=True),
-             lambda: K.FLSTM(16, 4, projection_units=8, unroll=True)):
+             lambda: K.FLSTM(16, 4, projection_units=8, unroll=True),
+             lambda: K.LSTMP(16, projection_units=8)):
     layer = make()
     layer.build(x.shape)
     trainable = [v.value for v in layer.trainable_variables]
@@ -273,7 +276,7 @@ for make in (lambda: K.LSTMP(16, projection_units=8, unroll=True),
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.getcwd()}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["1", "1", "1"], done.stdout
+    assert done.stdout.split() == ["1", "1", "1", "1"], done.stdout
 
 
 @pytest.mark.parametrize("kind", ["lstmp", "flstm", "glstm"])
