@@ -1,5 +1,9 @@
 """Fused LSTMP/FLSTM/GLSTM layers equal keras.layers.RNN(cell), on every path."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -217,13 +221,18 @@ def test_exported():
     assert {"LSTMP", "FLSTM", "GLSTM"} <= set(keras_flstm.__all__)
 
 
+def _run_on_jax(script, **env):
+    """Runs `script` in a fresh interpreter on the JAX backend (with `env`
+    added to the environment); asserts it succeeded and returns its stdout."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.getcwd(), **env}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 @pytest.mark.tf_backend  # drives a JAX subprocess itself; once is enough
 def test_layers_build_and_run_under_jax_data_parallel():
     """The layers build, take weights and compute the same under keras.distribution.DataParallel."""
-    import os
-    import subprocess
-    import sys
-
     script = """
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
@@ -240,9 +249,7 @@ for make in (lambda: K.LSTMP(16, projection_units=8), lambda: K.GLSTM(16, 2, pro
     assert float(np.asarray(layer.cell.bias)[16]) == 1.0
 print("ok")
 """
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.getcwd()}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+    assert _run_on_jax(script).strip().endswith("ok")
 
 
 @pytest.mark.tf_backend  # drives a JAX subprocess itself; once is enough
@@ -251,10 +258,6 @@ def test_unrolled_bias_gradient_is_one_sum_over_all_steps_on_jax():
     over the stacked gate gradients, not to one sum per concatenated
     piece, which XLA makes of a float32 sum over a concatenation
     (`jax_recurrence._opaque_to_reduce_splitting`)."""
-    import os
-    import subprocess
-    import sys
-
     script = """
 import re, jax, keras, numpy as np, keras_flstm as K
 x = np.random.default_rng(0).normal(size=(3, 6, 8)).astype("float32")
@@ -273,10 +276,8 @@ for make in (lambda: K.LSTMP(16, projection_units=8, unroll=True),
     # The bias is (4n,) = (64,): count the sums that make a float32[64].
     print(len(re.findall(r"= f32\[64\]\S* reduce\(", hlo)))
 """
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.getcwd()}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["1", "1", "1", "1"], done.stdout
+    stdout = _run_on_jax(script, JAX_PLATFORMS="cpu")
+    assert stdout.split() == ["1", "1", "1", "1"], stdout
 
 
 @pytest.mark.parametrize("kind", ["lstmp", "flstm", "glstm"])
