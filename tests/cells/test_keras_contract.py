@@ -1,13 +1,12 @@
 """The Keras RNN-cell contract, for every cell: config, saving, wrappers, masks, state, dropout, precision, XLA."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
 
 import keras_flstm
 from keras_flstm import FLSTMCell, GLSTMCell, LSTMPCell
+from tests.subprocesses import run_python
 
 D = 8
 CELLS = {
@@ -196,15 +195,11 @@ def test_jit_compile_on_tensorflow_is_really_xla(make_cell):
 @pytest.mark.tf_backend  # drives both backends itself; once is enough
 def test_keras_file_from_tensorflow_loads_on_jax(make_cell, tmp_path):
     """Save on TF in a subprocess, load on JAX in another; outputs must agree."""
-    import subprocess
-    import sys
-
     x = _x()
     np.save(tmp_path / "x.npy", x)
     name = [k for k, v in CELLS.items() if v is make_cell][0]
     script = f"""
-import sys, numpy as np, keras
-sys.path.insert(0, {os.getcwd()!r})
+import numpy as np, keras
 from tests.cells.test_keras_contract import CELLS, _model
 x = np.load({str(tmp_path / 'x.npy')!r})
 if keras.backend.backend() == "tensorflow":
@@ -215,8 +210,7 @@ else:
 np.save({str(tmp_path)!r} + "/y_" + keras.backend.backend() + ".npy", np.asarray(model(x)))
 """
     for backend in ("tensorflow", "jax"):
-        env = {**os.environ, "KERAS_BACKEND": backend}
-        subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+        run_python(script, backend=backend)
     np.testing.assert_allclose(np.load(tmp_path / "y_jax.npy"), np.load(tmp_path / "y_tensorflow.npy"), atol=1e-5)
 
 

@@ -1,9 +1,5 @@
 """Fused LSTMP/FLSTM/GLSTM layers equal keras.layers.RNN(cell), on every path."""
 
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -12,6 +8,7 @@ import keras_flstm
 from keras_flstm import FLSTM, GLSTM, LSTMP, FLSTMCell, GLSTMCell, LSTMPCell
 from tests.cells.autodiff import loss_and_grad_fns
 from tests.cells.test_numerics import tanh64
+from tests.subprocesses import run_python
 
 D = 8
 KINDS = {
@@ -221,15 +218,6 @@ def test_exported():
     assert {"LSTMP", "FLSTM", "GLSTM"} <= set(keras_flstm.__all__)
 
 
-def _run_on_jax(script, **env):
-    """Runs `script` in a fresh interpreter on the JAX backend (with `env`
-    added to the environment); asserts it succeeded and returns its stdout."""
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.getcwd(), **env}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 @pytest.mark.tf_backend  # drives a JAX subprocess itself; once is enough
 def test_layers_build_and_run_under_jax_data_parallel():
     """The layers build, take weights and compute the same under keras.distribution.DataParallel."""
@@ -249,7 +237,7 @@ for make in (lambda: K.LSTMP(16, projection_units=8), lambda: K.GLSTM(16, 2, pro
     assert float(np.asarray(layer.cell.bias)[16]) == 1.0
 print("ok")
 """
-    assert _run_on_jax(script).strip().endswith("ok")
+    assert run_python(script, backend="jax").strip().endswith("ok")
 
 
 @pytest.mark.tf_backend  # drives a JAX subprocess itself; once is enough
@@ -276,7 +264,7 @@ for make in (lambda: K.LSTMP(16, projection_units=8, unroll=True),
     # The bias is (4n,) = (64,): count the sums that make a float32[64].
     print(len(re.findall(r"= f32\[64\]\S* reduce\(", hlo)))
 """
-    stdout = _run_on_jax(script, JAX_PLATFORMS="cpu")
+    stdout = run_python(script, backend="jax", JAX_PLATFORMS="cpu")
     assert stdout.split() == ["1", "1", "1", "1"], stdout
 
 

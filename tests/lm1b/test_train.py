@@ -23,8 +23,10 @@ from lm1b import metrics_log
 from lm1b import train
 from lm1b.hparams import HParams
 from lm1b.model import build_model_and_optimizers
+from tests.subprocesses import ROOT
+from tests.subprocesses import python_env as _env
+from tests.subprocesses import run_python
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TINY_CORPUS = os.path.join(ROOT, "data", "tiny_corpus")
 TRAIN_PY = os.path.join(ROOT, "lm1b", "train.py")
 TINY = ("vocab_size=1543,emb_size=32,state_size=64,projected_size=32,batch_size=16,"
@@ -43,19 +45,10 @@ def _step(path):
     return int(os.path.basename(path).split("-")[1])
 
 
-def _env(backend=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    if backend:
-        env["KERAS_BACKEND"] = backend
-    return env
-
-
 def _python(code, *args, backend, timeout=300):
     """Runs ``code`` in a fresh interpreter; returns its last stdout line as JSON."""
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         env=_env(backend), cwd=ROOT, timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    stdout = run_python(code, *args, backend=backend, timeout=timeout)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def test_tiny_model_learns_then_evaluates(tmp_path):
