@@ -64,6 +64,8 @@ def save(logdir, step, model, optimizers, state, keep=3):
         The checkpoint's path. A checkpoint that exists already for ``step``
         is left as it is.
     """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep={keep!r} must be an integer >= 1: the newest checkpoint is always kept.")
     final = os.path.join(logdir, f"ckpt-{step}")
     if os.path.exists(final):
         return final
@@ -125,12 +127,14 @@ def restore(path, model, optimizers):
     return state
 
 
-def restore_for_eval(path, hparams):
+def restore_for_eval(path, hparams, use_average=True):
     """The model of checkpoint ``path``, as evaluation and export use it.
 
-    With ``average_params`` its LSTM weights are replaced by their moving
+    With ``average_params`` (``hparams``'s, which must be the checkpoint's)
+    and ``use_average``, its LSTM weights are replaced by their moving
     average, unless the optimizer never took a step: Keras fills the average
     in on the first step, so before it there is none (all zeros).
+    ``use_average=False`` keeps the weights the optimizer trained.
 
     Returns:
         (model, the checkpoint's state dict).
@@ -138,7 +142,7 @@ def restore_for_eval(path, hparams):
     model, optimizers = build_model_and_optimizers(hparams)
     state = restore(path, model, optimizers)
     lstm_optimizer = optimizers[0]
-    if hparams.average_params and int(lstm_optimizer.iterations) > 0:
+    if hparams.average_params and use_average and int(lstm_optimizer.iterations) > 0:
         lstm_optimizer.finalize_variable_values(model.lstm_variables)
     return model, state
 

@@ -36,7 +36,12 @@ VOCAB_FILE = "1b_word_vocab.txt"
 
 _S = "<S>"
 _UNK = "<UNK>"
-_ERRORS = ("strict", "replace")
+DECODE_ERRORS = ("strict", "replace")
+"""What a corpus reader does with invalid UTF-8: stop naming the file and
+line, or read the bad bytes as U+FFFD."""
+UTF8_FIX = ("Re-encode the file as UTF-8, or pass errors='replace' (lm1b/train.py: "
+            "--data_errors=replace) to read bad bytes as U+FFFD.")
+"""The advice that ends a strict reader's invalid-UTF-8 error."""
 # Sentences are processed this many at a time; the batches do not depend on it.
 _LINES_PER_CHUNK = 8192
 
@@ -90,8 +95,15 @@ class Vocabulary:
         A trailing empty line is allowed. Raises ValueError naming the file,
         the 1-based line number and the fix for invalid UTF-8, a line that is
         not ``word count`` with an integer count >= 0, a duplicated word, or a
-        missing ``<S>`` / ``<UNK>``.
+        missing ``<S>`` / ``<UNK>``, or a file that does not exist.
         """
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"No vocabulary file {path!r}. The data directory must be in LM1B "
+                f"layout: {VOCAB_FILE}, training-monolingual.tokenized.shuffled/ and "
+                "heldout-monolingual.tokenized.shuffled/ (scripts/prepare_corpus.py "
+                "builds one from text)."
+            )
         with open(path, "rb") as f:
             data = f.read()
         text = _decode(data, path, "strict", "Re-encode the file as UTF-8.")
@@ -220,8 +232,8 @@ class Dataset:
                 f"shard_index={shard_index!r} must be an int in [0, "
                 f"num_shards={num_shards})."
             )
-        if errors not in _ERRORS:
-            raise ValueError(f"errors={errors!r} must be one of {_ERRORS}.")
+        if errors not in DECODE_ERRORS:
+            raise ValueError(f"errors={errors!r} must be one of {DECODE_ERRORS}.")
         all_files = sorted(p for p in glob.glob(file_pattern) if os.path.isfile(p))
         if not all_files:
             raise ValueError(
@@ -292,10 +304,13 @@ class Dataset:
         self._raise_empty()
 
     def _raise_empty(self):
+        fix = "use fewer shards, or check" if self.num_shards > 1 else "check"
         raise ValueError(
             f"Shard {self.shard_index} of {self.num_shards} of {self.file_pattern!r} "
-            f"has no sentence (files: {len(self.files)}). Use fewer shards or "
-            "check that the files are not empty."
+            f"has no sentence (files: {len(self.files)}): {fix} that the files are "
+            "not empty. A corpus from scripts/prepare_corpus.py that is small for "
+            "its shard counts leaves some empty: rebuild it with a larger "
+            "--heldout_fraction or fewer --num_heldout_shards / --num_train_shards."
         )
 
     def _epoch_chunks(self, rng):
@@ -320,8 +335,7 @@ class Dataset:
             data,
             path,
             self.errors,
-            "Re-encode the file as UTF-8, or pass errors='replace' to read bad "
-            "bytes as U+FFFD.",
+            UTF8_FIX,
         )
         lines = text.split("\n")
         if self.line_shard is not None:

@@ -10,6 +10,7 @@ bad key or value and says what is accepted.
 import dataclasses
 import difflib
 import json
+import math
 import numbers
 
 _OPTIMIZERS = ("Adagrad", "Momentum 0.9", "Adam", "RMSProp", "SGD")
@@ -238,8 +239,8 @@ class HParams:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 1.")
         for key in ("learning_rate", "max_grad_norm", "loss_scale",
                     "save_model_every_min", "save_summary_every_min"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key}={getattr(self, key)} must be > 0.")
+            if not 0 < getattr(self, key) < math.inf:
+                raise ValueError(f"{key}={getattr(self, key)} must be a finite number > 0.")
         if not 0 < self.keep_prob <= 1:
             raise ValueError(
                 f"keep_prob={self.keep_prob} must be in (0, 1] (1 disables dropout)."

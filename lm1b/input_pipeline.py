@@ -15,6 +15,8 @@ cuts every batch that all rows can fill -> prefetch. Without ``forever`` a
 final flush cuts the rest with zero padding and ``w = 0``.
 """
 
+import re
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -208,6 +210,21 @@ def _batches(source, table, batch_size, num_steps, forever):
     return packed.unbatch().prefetch(tf.data.AUTOTUNE)
 
 
+def invalid_utf8_message(error):
+    """The message of :class:`lm1b.data.Dataset` for the invalid UTF-8 that
+    ``error`` (a tf.errors.InvalidArgumentError from iterating a strict
+    dataset) reports, without tf.data's context; None for any other error."""
+    found = _ASSERTED_UTF8.search(error.message)
+    if found is None:
+        return None
+    path, line = found.groups()
+    return f"Invalid UTF-8 in {path!r}, line {line}. {data.UTF8_FIX}"
+
+
+# What _line_reader's assertion puts in its error's message.
+_ASSERTED_UTF8 = re.compile(r"\[Invalid UTF-8 in\] \[(.*?)\] \[line\] \[(\d+)\]")
+
+
 def _line_reader(source, seed):
     """Returns ``(visit, file_id) -> lines``: a file's lines in this shard, maybe shuffled."""
     files = tf.constant(source.files, tf.string)
@@ -233,8 +250,7 @@ def _line_reader(source, seed):
                     path,
                     "line",
                     line,
-                    ". Re-encode the file as UTF-8, or pass errors='replace' "
-                    "to read bad bytes as U+FFFD.",
+                    data.UTF8_FIX,
                 ],
             )
             with tf.control_dependencies([check]):

@@ -105,14 +105,26 @@ class TFRunner:
 
         return tf.function(fn, jit_compile=True, autograph=False)
 
-    def batches(self, vocab, file_pattern, seed):
-        """Endless per-replica batches from lm1b.input_pipeline (tf.data)."""
+    def batches(self, vocab, file_pattern, seed, errors="strict"):
+        """Endless per-replica batches from lm1b.input_pipeline (tf.data).
+
+        Invalid UTF-8 (with ``errors="strict"``) raises ValueError naming the
+        file and line, as lm1b.data does, rather than tf.data's error."""
         from lm1b import input_pipeline
 
-        return iter(input_pipeline.distribute_dataset(
+        batches = iter(input_pipeline.distribute_dataset(
             self.strategy, vocab, file_pattern, self.hps.batch_size * self.num_replicas,
-            self.hps.num_steps, forever=True, seed=seed,
+            self.hps.num_steps, forever=True, seed=seed, errors=errors,
         ))
+        while True:
+            try:
+                batch = next(batches)
+            except self._tf.errors.InvalidArgumentError as e:
+                message = input_pipeline.invalid_utf8_message(e)
+                if message is None:
+                    raise
+                raise ValueError(message) from None
+            yield batch
 
     def train_step(self, batch):
         """One step on a per-replica ``(x, y, w)``; returns global (Σ w·ℓ, Σ w)."""
@@ -306,9 +318,9 @@ class JaxRunner:
 
         return jax.jit(fn)
 
-    def batches(self, vocab, file_pattern, seed):
+    def batches(self, vocab, file_pattern, seed, errors="strict"):
         """Endless global batches from lm1b.data, sharded by rows."""
-        source = data.Dataset(vocab, file_pattern, deterministic=False, seed=seed)
+        source = data.Dataset(vocab, file_pattern, deterministic=False, seed=seed, errors=errors)
         rows = self.hps.batch_size * self.num_replicas
         for batch in source.iterate_forever(rows, self.hps.num_steps):
             yield tuple(self.shard(a) for a in batch)

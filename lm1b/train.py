@@ -13,8 +13,9 @@ Modes:
         starts from the checkpoint's hparams with --hparams applied on top.
     eval: evaluates the latest checkpoint on at most --eval_steps held-out
         batches; eval_full on the whole held-out file. Full softmax, no
-        dropout, the EMA of the LSTM weights with average_params, and
-        perplexity exp(Σ w·ℓ / Σ w) over real tokens.
+        dropout, the EMA of the LSTM weights with average_params (the raw
+        weights with --hparams average_params=false), and perplexity
+        exp(Σ w·ℓ / Σ w) over real tokens.
 
 Backends (KERAS_BACKEND; the model is the same, see lm1b.model):
     tensorflow: tf.distribute.MirroredStrategy over --num_gpus GPUs (logical
@@ -84,6 +85,21 @@ class Options:
     log_every: int = 20
     seed: int = 0
     keep_checkpoints: int = 3
+    data_errors: str = "strict"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"--mode={self.mode!r} must be one of {', '.join(MODES)}.")
+        for name in ("eval_steps", "log_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name}={value!r} must be an integer >= 1.")
+        if self.num_gpus is not None and (not isinstance(self.num_gpus, int) or self.num_gpus < 1):
+            raise ValueError(f"--num_gpus={self.num_gpus!r} must be an integer >= 1, or unset "
+                             "for the visible GPUs.")
+        if self.data_errors not in data.DECODE_ERRORS:
+            raise ValueError(f"--data_errors={self.data_errors!r} must be one of "
+                             f"{', '.join(data.DECODE_ERRORS)}.")
 
 
 class TrainingDiverged(RuntimeError):
@@ -92,8 +108,6 @@ class TrainingDiverged(RuntimeError):
 
 def run(options):
     """Runs ``options.mode``; returns the last metrics record (a dict)."""
-    if options.mode not in MODES:
-        raise ValueError(f"--mode={options.mode!r} must be one of {', '.join(MODES)}.")
     if options.mode == "train":
         return train(options)
     return evaluate(options)
@@ -101,12 +115,12 @@ def run(options):
 
 def train(options):
     """Trains from scratch or from the latest checkpoint in ``options.logdir``."""
-    os.makedirs(options.logdir, exist_ok=True)
-    checkpointing.remove_partial(options.logdir)
     ckpt = checkpointing.latest(options.logdir)
     saved = checkpointing.read_state(ckpt) if ckpt else None
     hps = resolve_hparams(options, saved)
-    vocab = _vocabulary(options.datadir, hps)
+    vocab = _vocabulary(options.datadir, hps)  # before making --logdir: a bad --datadir leaves nothing
+    os.makedirs(options.logdir, exist_ok=True)
+    checkpointing.remove_partial(options.logdir)
     step, elapsed = (saved["step"], saved["elapsed"]) if saved else (0, 0.0)
     # Offset by the step, so that a resumed run does not replay the same
     # dropout masks, samples and data order.
@@ -120,7 +134,8 @@ def train(options):
         print(f"Resumed from {ckpt}: step {step}, {elapsed:.0f}s trained.", flush=True)
     _print_setup(hps, runner)
     log = metrics_log.MetricsLog(options.logdir) if runner.is_chief else None
-    batches = runner.batches(vocab, os.path.join(options.datadir, TRAIN_FILES), options.seed + step)
+    batches = runner.batches(vocab, os.path.join(options.datadir, TRAIN_FILES), options.seed + step,
+                             errors=options.data_errors)
 
     def record_and_save():
         # The record checks the loss, so no checkpoint follows a NaN.
@@ -166,9 +181,14 @@ def evaluate(options):
             f"No checkpoint in --logdir={options.logdir!r}; train there first "
             "(--mode train)."
         )
-    hps = resolve_hparams(options, checkpointing.read_state(ckpt))
+    saved = checkpointing.read_state(ckpt)
+    hps = resolve_hparams(options, saved)
     vocab = _vocabulary(options.datadir, hps)
-    model, state = checkpointing.restore_for_eval(ckpt, hps)
+    # --hparams average_params=false evaluates an averaging run's own weights.
+    trained_with_average = saved["hparams"].get("average_params", hps.average_params)
+    model, state = checkpointing.restore_for_eval(
+        ckpt, dataclasses.replace(hps, average_params=trained_with_average),
+        use_average=hps.average_params)
     step = state["step"]
 
     def loss_sums(tv, ntv, x, y, w, states):
@@ -180,7 +200,8 @@ def evaluate(options):
     rows = hps.batch_size * hps.num_gpus  # as f-lm: the training global batch
     states = model.initial_state(rows)
     loss_sum = tokens = 0.0
-    heldout = data.Dataset(vocab, os.path.join(options.datadir, HELDOUT_FILES), deterministic=True)
+    heldout = data.Dataset(vocab, os.path.join(options.datadir, HELDOUT_FILES), deterministic=True,
+                           errors=options.data_errors)
     full = options.mode == "eval_full"
     batches = 0
     for x, y, w in heldout.iterate_once(rows, hps.num_steps):
@@ -212,13 +233,22 @@ def resolve_hparams(options, saved):
     else:
         base = HParams.from_dict(saved["hparams"])
         hps = base.override(options.hparams)
-        changed = [k for k in _STRUCTURE_KEYS if getattr(hps, k) != getattr(base, k)]
+        # A preset is checked against the checkpoint, not applied: rerunning
+        # the command that started a run resumes it.
+        asked = HParams.from_preset(options.preset, options.hparams) if options.preset else hps
+        flag = f"--preset {options.preset}" if options.preset else "--hparams"
+        keys = _STRUCTURE_KEYS
+        if options.mode != "train" and not hps.average_params:
+            keys = tuple(k for k in keys if k != "average_params")  # evaluates the raw weights
+        changed = [k for k in keys if getattr(asked, k) != getattr(base, k)]
         if changed:
+            fix = ("Use a new --logdir to train another model." if options.mode == "train"
+                   else "Evaluate the model of that --logdir as it was trained.")
             raise ValueError(
-                f"--hparams changes {', '.join(f'{k}={getattr(hps, k)}' for k in changed)} "
+                f"{flag} gives {', '.join(f'{k}={getattr(asked, k)}' for k in changed)} "
                 f"but the checkpoint in {options.logdir!r} has "
                 f"{', '.join(f'{k}={getattr(base, k)}' for k in changed)}: these "
-                "shape the weights. Use a new --logdir to train another model."
+                f"shape the weights. {fix}"
             )
     if options.mode == "train" or options.num_gpus:
         num_gpus = options.num_gpus or max(visible_gpus(keras.backend.backend()), 1)
@@ -303,15 +333,17 @@ flags.DEFINE_integer("num_gpus", None, "Replicas; default: the visible GPUs, or 
 flags.DEFINE_integer("eval_steps", 70, "Held-out batches evaluated in --mode eval.")
 flags.DEFINE_integer("log_every", 20, "Print and log the training loss every this many steps.")
 flags.DEFINE_integer("seed", 0, "Seed of weights, dropout, sampling and data order.")
-flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --logdir.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --logdir (>= 1).")
+flags.DEFINE_enum("data_errors", "strict", data.DECODE_ERRORS,
+                  "Invalid UTF-8 in the corpus: strict stops with the file and line; "
+                  "replace reads the bad bytes as U+FFFD.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    options = Options(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(Options)})
     try:
-        run(options)
+        run(Options(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(Options)}))
     except (TrainingDiverged, ValueError) as e:
         sys.exit(f"ERROR: {e}")
 

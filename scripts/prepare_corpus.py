@@ -188,6 +188,7 @@ class ShardWriter:
         self.counts = collections.Counter()
         self.train_sentences = self.train_words = 0
         self.heldout_sentences = self.heldout_words = 0
+        self.heldout_per_shard = [0] * num_heldout
 
     def train(self, shard, words):
         self._train[shard].write(" ".join(words) + "\n")
@@ -198,6 +199,7 @@ class ShardWriter:
     def heldout(self, shard, words):
         self._heldout[shard].write(" ".join(words) + "\n")
         self.heldout_sentences += 1
+        self.heldout_per_shard[shard] += 1
         self.heldout_words += len(words)
 
     def close(self):
@@ -331,6 +333,14 @@ def main(argv=None):
         f"({unk / max(writer.train_words, 1):.2%}) map to <UNK>\n"
         f"written to {args.output_dir}"
     )
+    if writer.heldout_per_shard[0] == 0:
+        print(
+            "warning: heldout shard 00000, which lm1b/train.py --mode eval evaluates on, "
+            f"is empty ({writer.heldout_sentences:,} heldout sentences in "
+            f"{args.num_heldout_shards} shards). Rebuild with a larger --heldout_fraction "
+            "or fewer --num_heldout_shards to evaluate on this corpus.",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -155,6 +155,11 @@ def test_vocab_errors_name_file_line_and_fix(tmp_path, text, pattern):
     assert "bad_vocab.txt" in str(info.value)
 
 
+def test_a_missing_vocab_file_names_the_layout(tmp_path):
+    with pytest.raises(ValueError, match=r"No vocabulary file '.*nothing\.txt'.*LM1B layout.*prepare_corpus"):
+        data.Vocabulary.from_file(str(tmp_path / "nothing.txt"))
+
+
 def test_vocab_invalid_utf8_names_line(tmp_path):
     path = write(tmp_path / "v.txt", b"<S> 1\n<UNK> 2\nb\xffd 3\n", "wb")
     with pytest.raises(ValueError, match=r"Invalid UTF-8 in .*v\.txt', line 3"):

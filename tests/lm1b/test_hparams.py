@@ -139,9 +139,9 @@ def test_sizes_and_counts_must_be_positive(key):
     "learning_rate", "max_grad_norm", "loss_scale", "save_model_every_min",
     "save_summary_every_min",
 ])
-@pytest.mark.parametrize("value", ["0", "-1", "nan"])
-def test_rates_and_periods_must_be_positive(key, value):
-    _raises(f"{key}={value}", f"{key}=", "must be > 0")
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_rates_and_periods_must_be_positive_and_finite(key, value):
+    _raises(f"{key}={value}", f"{key}=", "must be a finite number > 0")
 
 
 @pytest.mark.parametrize("hpconfig, fragments", [

@@ -121,8 +121,12 @@ def test_invalid_utf8(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"the cat\n\nsat on th\xe9 mat\nand \xff\xfe left\n")
     message = r"Invalid UTF-8 in.*bad\.txt.*line.*3"
-    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message) as info:
         tf_batches(vocab, str(path), 2, 3, deterministic=True)
+    # What the trainer reports instead, without tf.data's context.
+    clean = input_pipeline.invalid_utf8_message(info.value)
+    assert clean == f"Invalid UTF-8 in {str(path)!r}, line 3. {data.UTF8_FIX}", clean
+    assert input_pipeline.invalid_utf8_message(tf.errors.InvalidArgumentError(None, None, "other")) is None
     want = list(data.Dataset(vocab, str(path), True, errors="replace").iterate_once(2, 3))
     got = tf_batches(vocab, str(path), 2, 3, deterministic=True, errors="replace")
     assert_same_batches(got, want)

@@ -89,6 +89,19 @@ def test_layout_content_and_vocabulary(tmp_path, sentences_file):
     assert pairs == sum(len(line.split()) + 1 for line in train.elements())
 
 
+def test_an_empty_first_heldout_shard_is_warned_about(tmp_path, sentences_file):
+    # --mode eval reads heldout shard 00000, so an empty one would give no perplexity.
+    path, _ = sentences_file
+    empty = run("--text", path, "--output_dir", tmp_path / "a", "--heldout_fraction", 0.001)
+    assert os.path.getsize(tmp_path / "a" / HELDOUT / "news.en.heldout-00000-of-00050") == 0
+    assert "warning: heldout shard 00000" in empty.stderr
+    assert "--heldout_fraction" in empty.stderr
+    full = run("--text", path, "--output_dir", tmp_path / "b", "--heldout_fraction", 0.2,
+               "--num_heldout_shards", 1)
+    assert os.path.getsize(tmp_path / "b" / HELDOUT / "news.en.heldout-00000-of-00001") > 0
+    assert "warning" not in full.stderr
+
+
 def test_same_inputs_and_seed_give_identical_output(tmp_path, sentences_file):
     path, _ = sentences_file
     args = ["--text", path, "--num_train_shards", 7, "--num_heldout_shards", 3]

@@ -107,11 +107,58 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         (dict(mode="eval"), "No checkpoint in --logdir"),
         (dict(mode="evaluate"), "--mode='evaluate' must be one of train, eval, eval_full"),
         (dict(hparams="vocab_size=1000,num_sampled=10"), "has 1543 tokens but vocab_size=1000"),
+        (dict(log_every=0), "--log_every=0 must be an integer >= 1"),
+        (dict(mode="eval", eval_steps=0), "--eval_steps=0 must be an integer >= 1"),
+        (dict(keep_checkpoints=-1), "--keep_checkpoints=-1 must be an integer >= 1"),
+        (dict(keep_checkpoints=0), "--keep_checkpoints=0 must be an integer >= 1"),
+        (dict(num_gpus=0), "--num_gpus=0 must be an integer >= 1"),
+        (dict(data_errors="ignore"), "--data_errors='ignore' must be one of strict, replace"),
     ],
 )
 def test_clear_errors(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         train.run(train.Options(TINY_CORPUS, str(tmp_path), **options))
+
+
+@pytest.mark.parametrize("mode", train.MODES)
+def test_a_datadir_without_vocabulary_is_named_and_leaves_no_logdir(tmp_path, mode):
+    logdir = tmp_path / "run"
+    if mode != "train":
+        _train(logdir, TINY + ",max_steps=2")
+    with pytest.raises(ValueError, match=r"No vocabulary file '.*nowhere.*1b_word_vocab.txt'.*LM1B layout"):
+        train.run(train.Options(str(tmp_path / "nowhere"), str(logdir), mode=mode, hparams=TINY))
+    assert os.path.isdir(logdir) == (mode != "train")
+
+
+def test_resuming_checks_the_preset_against_the_checkpoint(tmp_path):
+    small = "vocab_size=1543,batch_size=4,num_steps=5,num_sampled=0,max_steps=2,average_params=false"
+    # BIG_G4 with the tiny sizes: its group count (4) shapes the weights.
+    shrink = ",emb_size=16,state_size=32,projected_size=16,num_layers=1"
+    _train(tmp_path, small + shrink, preset="BIG_G4")
+    # The command that started the run resumes it.
+    assert _train(tmp_path, small.replace("max_steps=2", "max_steps=3") + shrink, preset="BIG_G4")["step"] == 3
+    with pytest.raises(ValueError, match=r"--preset BIG_G2 gives num_of_groups=2 "
+                                         r"but the checkpoint .* has num_of_groups=4.*new --logdir"):
+        _train(tmp_path, small + shrink, preset="BIG_G2")
+
+
+def test_eval_takes_an_averaging_runs_own_weights_when_asked(tmp_path):
+    _train(tmp_path, TINY.replace("average_params=false", "average_params=true") + ",max_steps=30")
+    averaged = train.run(train.Options(TINY_CORPUS, str(tmp_path), mode="eval", eval_steps=3))
+    raw = train.run(train.Options(TINY_CORPUS, str(tmp_path), mode="eval", eval_steps=3,
+                                  hparams="average_params=false"))
+    # The reference: the checkpoint's trained weights, restored as training does.
+    hps = HParams.from_dict(checkpointing.read_state(checkpointing.latest(str(tmp_path)))["hparams"])
+    model, optimizers = build_model_and_optimizers(hps)
+    checkpointing.restore(checkpointing.latest(str(tmp_path)), model, optimizers)
+    ema, _ = checkpointing.restore_for_eval(checkpointing.latest(str(tmp_path)), hps)
+    plain, _ = checkpointing.restore_for_eval(checkpointing.latest(str(tmp_path)), hps, use_average=False)
+    for want, got in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(a, b) for a, b in zip(ema.get_weights(), plain.get_weights()))
+    assert raw["perplexity"] != averaged["perplexity"]
+    with pytest.raises(ValueError, match="state_size=128 but the checkpoint.*as it was trained"):
+        train.run(train.Options(TINY_CORPUS, str(tmp_path), mode="eval", hparams="state_size=128"))
 
 
 def test_sigkill_then_resume_then_sigterm(tmp_path):
@@ -512,6 +559,10 @@ def test_checkpoints_are_atomic_pruned_and_restorable(tmp_path):
         optimizers[1].iterations.assign(step)
         path = checkpointing.save(str(tmp_path), step, model, optimizers,
                                   {"elapsed": step / 2, "hparams": hps.to_dict()}, keep=2)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-3", "ckpt-4"]
+    for keep in (0, -1):
+        with pytest.raises(ValueError, match=f"keep={keep} must be an integer >= 1"):
+            checkpointing.save(str(tmp_path), 5, model, optimizers, {}, keep=keep)
     assert sorted(os.listdir(tmp_path)) == ["ckpt-3", "ckpt-4"]
     assert checkpointing.latest(str(tmp_path)) == path
     os.mkdir(tmp_path / ".tmp-ckpt-x")
