@@ -143,11 +143,7 @@ def _linear_chain(model):
         return None, f"the model has {len(inputs)} inputs and {len(outputs)} outputs"
     x = inputs[0]
     for layer in layers:
-        try:
-            same = layer.input is x
-        except (AttributeError, ValueError):
-            same = False
-        if not same or isinstance(layer.output, (list, tuple)):
+        if not _reads_only(layer, x):
             return None, (
                 f"layer {layer.name!r} does not read the single output of "
                 "the layer before it (or has several inputs or outputs)"
@@ -156,6 +152,28 @@ def _linear_chain(model):
     if x is not outputs[0]:
         return None, "the last layer's output is not the model output"
     return layers, None
+
+
+def _reads_only(layer, x):
+    """Whether `layer` has one output and reads `x` alone (with its mask, if any)."""
+    try:
+        read, output = layer.input, layer.output
+    except (AttributeError, ValueError):
+        return False
+    if isinstance(output, (list, tuple)):
+        return False
+    if read is x:
+        return True
+    # A layer that takes a mask lists the mask that Keras passed with x
+    # (e.g. from Embedding(mask_zero=True)) as a second input.
+    mask = getattr(x, "_keras_mask", None)
+    return (
+        isinstance(read, (list, tuple))
+        and len(read) == 2
+        and read[0] is x
+        and mask is not None
+        and read[1] is mask
+    )
 
 
 def _consumer(chain, producer):
@@ -346,10 +364,10 @@ class GroupLasso(keras.Model):
     where Ω is `group_lasso(model)`. The penalty is computed once per
     training step from the weights, outside the recurrence, in
     `compute_loss`, so it works with `fit` on every backend (under JAX's
-    stateless, jitted train step too). Evaluation reports the data loss
+    stateless, jitted train step too). Evaluation's loss is the data loss
     alone. The weights are `model`'s own: train this wrapper, then keep,
-    save or `prune` `model`. The logs add `group_lasso`, the mean of
-    `strength · Ω` over the batches.
+    save or `prune` `model`. The logs of training and evaluation add
+    `group_lasso`, the mean of `strength · Ω` over the batches.
 
     Example:
 
@@ -385,11 +403,11 @@ class GroupLasso(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        if not training:
-            return loss
         penalty = ops.cast(self.penalty(), loss.dtype)
+        # Reported in evaluation too (it depends on the weights alone), but
+        # only training minimises it.
         self.penalty_tracker.update_state(penalty)
-        return loss + penalty
+        return loss + penalty if training else loss
 
 
 class ZeroOut(keras.callbacks.Callback):

@@ -14,6 +14,7 @@ built on `keras.ops` (and Keras's own backend `rnn` loop, which handles masks).
 """
 
 import contextlib
+import inspect
 
 from keras import ops
 from keras.layers import RNN
@@ -36,6 +37,8 @@ _LAYER_ARGS = (
     "dtype",
     "trainable",
     "activity_regularizer",
+    "autocast",
+    "input_shape",
 )
 
 _LAYER_DOC = """
@@ -50,6 +53,9 @@ _LAYER_DOC = """
         unroll: Unroll the recurrence (static, short sequences only).
         zero_output_for_mask: Output zeros, not the last output, at masked
             steps.
+        activity_regularizer: Optional regularizer of the layer's output.
+        name, dtype, trainable, autocast, input_shape: As for
+            any Keras layer; the cell shares the layer's dtype policy.
 
     Call arguments: `sequences` `(batch, time, features)`, optional `mask`
     `(batch, time)`, optional `initial_state` `[h, c]`, and `training`.
@@ -67,6 +73,7 @@ class _FusedRNN(RNN):
 
     def __init__(self, *cell_args, **kwargs):
         layer_kwargs = {k: kwargs.pop(k) for k in _LAYER_ARGS if k in kwargs}
+        self._check_cell_kwargs(kwargs)
         cell = self.cell_class(
             *cell_args,
             dtype=layer_kwargs.get("dtype"),
@@ -75,6 +82,21 @@ class _FusedRNN(RNN):
             **kwargs,
         )
         super().__init__(cell, **layer_kwargs)
+
+    @classmethod
+    def _check_cell_kwargs(cls, kwargs):
+        """Names this layer, not its cell, when an argument is unknown."""
+        cell_args = set()
+        for klass in cls.cell_class.__mro__:
+            if "__init__" in vars(klass) and klass.__module__.startswith("keras_flstm"):
+                cell_args.update(inspect.signature(klass.__init__).parameters)
+        unknown = sorted(set(kwargs) - cell_args)
+        if unknown:
+            raise ValueError(
+                f"Unrecognized keyword arguments passed to {cls.__name__}: "
+                f"{unknown}. It takes the arguments of {cls.cell_class.__name__} "
+                f"and the layer arguments {', '.join(_LAYER_ARGS)}."
+            )
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         # keras.layers.RNN calls its cell through `__call__`, which casts the

@@ -71,11 +71,11 @@ def rnn(kind, fused, args, kwargs, **layer_kwargs):
     return keras.layers.RNN(cell_cls(*args, **kwargs), **layer_kwargs)
 
 
-def build(stack, fused=True, sequential=False, seed=0, dropout=0.3):
+def build(stack, fused=True, sequential=False, seed=0, dropout=0.3, mask_zero=False):
     """The stack with random N(0, 0.5) weights (biases and peepholes too)."""
     (k1, a1, kw1), (k2, a2, kw2) = STACKS[stack]
     layers = [
-        keras.layers.Embedding(VOCAB, EMB, embeddings_initializer="zeros"),
+        keras.layers.Embedding(VOCAB, EMB, embeddings_initializer="zeros", mask_zero=mask_zero),
         rnn(k1, fused, a1, kw1, return_sequences=True),
         keras.layers.Dropout(dropout),
         rnn(k2, fused, a2, kw2, return_sequences=True),
@@ -280,13 +280,17 @@ def test_group_lasso_trains_with_fit():
         optimizer=keras.optimizers.SGD(0.5, global_clipnorm=5.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    first = trainer.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    first = trainer.evaluate(x, y, verbose=0, return_dict=True)
     history = trainer.fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[iss.ZeroOut(1e-3)])
-    last = trainer.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    last = trainer.evaluate(x, y, verbose=0, return_dict=True)
     assert np.all(np.isfinite(history.history["loss"]))
-    assert last < first  # evaluate reports the data loss alone
+    data_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x))
+    np.testing.assert_allclose(last["loss"], float(data_loss), rtol=1e-5)  # no penalty
+    assert last["loss"] < first["loss"]
     end = float(iss.group_lasso(model))
     assert end < start
+    # Evaluation reports the penalty of the weights it evaluated.
+    np.testing.assert_allclose([first["group_lasso"], last["group_lasso"]], [0.02 * start, 0.02 * end], rtol=1e-5)
     # The logged penalty is λ·Ω, averaged over the epoch's batches.
     logged = history.history["group_lasso"][-1]
     assert 0 < 0.02 * end <= logged * 1.05
@@ -370,6 +374,23 @@ def test_prune_equals_zeroed_original(stack, fused):
     assert isinstance(small, keras.Model) and not isinstance(small, keras.Sequential)
     assert iss.sparsity_report(small).layers[0].units == KEPT[stack][0]
     x = tokens()
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("stack", ["lstm", "glstm"])
+def test_masked_stack_from_embedding_mask_zero(stack):
+    # Keras lists the mask as a second input of the RNN layers here; the
+    # stack is still linear.
+    model = build(stack, mask_zero=True)
+    kill(model, DEAD[stack])
+    report = iss.sparsity_report(model)
+    assert [layer.removed for layer in report.layers] == [tuple(d) for d in DEAD[stack]]
+    want = sum(n.sum() for n in reference_norms(model))
+    np.testing.assert_allclose(float(iss.GroupLasso(model, 1.0).penalty()), want, rtol=1e-5)
+    small = iss.prune(model)
+    assert units(small) == KEPT[stack]
+    x = tokens()
+    x[:, -2:] = 0  # padded tails, masked out
     np.testing.assert_allclose(small(x), model(x), atol=1e-5, rtol=0)
 
 

@@ -16,6 +16,9 @@ implementing its hooks:
   gradients of `recurrent_term`, instead of multiplying by W2 again.
 """
 
+import math
+import numbers
+
 import keras
 from keras import activations
 from keras import constraints
@@ -30,28 +33,41 @@ from keras_flstm.cells.gates import lstm_gates
 
 
 def check_positive_int(name, value, fix):
-    """Raises a ValueError unless `value` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """`value` as an int; a ValueError unless it is an integer >= 1.
+
+    NumPy integers pass (sizes often come from array shapes); bools do not.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(
             f"`{name}` must be a positive integer, got {name}={value!r}. {fix}"
         )
+    return int(value)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_positive_clip(name, value):
-    """Raises a ValueError unless `value` is None or a float > 0."""
-    if value is not None and not value > 0:
+    """`value` as a float (or None); a ValueError unless it is None or finite > 0."""
+    if value is None:
+        return None
+    if not _is_real(value) or not 0 < value < math.inf:
         raise ValueError(
             f"`{name}` must be None (no clipping) or a positive float, got "
             f"{name}={value!r}. Pass None to disable clipping."
         )
+    return float(value)
 
 
 def check_rate(name, value):
-    if not 0.0 <= value < 1.0:
+    """`value` as a float; a ValueError unless it is a number in [0, 1)."""
+    if not _is_real(value) or not 0.0 <= value < 1.0:
         raise ValueError(
-            f"`{name}` must be in [0, 1), got {name}={value!r}. It is the "
-            "fraction of units to drop."
+            f"`{name}` must be a float in [0, 1), got {name}={value!r}. It is "
+            "the fraction of units to drop."
         )
+    return float(value)
 
 
 class _ForgetBiasOne(initializers.Initializer):
@@ -128,22 +144,22 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
         seed=None,
         **kwargs,
     ):
-        check_positive_int("units", units, "It is the cell-state size n.")
+        units = check_positive_int("units", units, "It is the cell-state size n.")
         if projection_units is not None:
-            check_positive_int(
+            projection_units = check_positive_int(
                 "projection_units",
                 projection_units,
                 "Pass None for a cell without projection.",
             )
-        check_positive_clip("cell_clip", cell_clip)
-        check_positive_clip("projection_clip", projection_clip)
+        cell_clip = check_positive_clip("cell_clip", cell_clip)
+        projection_clip = check_positive_clip("projection_clip", projection_clip)
         if projection_clip is not None and projection_units is None:
             raise ValueError(
                 f"`projection_clip={projection_clip}` needs a projection; set "
                 "`projection_units` or use `cell_clip`."
             )
-        check_rate("dropout", dropout)
-        check_rate("recurrent_dropout", recurrent_dropout)
+        dropout = check_rate("dropout", dropout)
+        recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
         super().__init__(**kwargs)
         self.units = units
         self.projection_units = projection_units
@@ -164,8 +180,8 @@ class ProjectedLSTMCellBase(Layer, DropoutRNNCell):
         self.recurrent_constraint = constraints.get(recurrent_constraint)
         self.projection_constraint = constraints.get(projection_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
-        self.dropout = float(dropout)
-        self.recurrent_dropout = float(recurrent_dropout)
+        self.dropout = dropout
+        self.recurrent_dropout = recurrent_dropout
         self.cell_clip = cell_clip
         self.projection_clip = projection_clip
         self.use_peepholes = use_peepholes

@@ -36,7 +36,8 @@ class FLSTMCell(ProjectedLSTMCellBase):
     `4n·(d+p)`.
 
     Args:
-        factor_size: Positive int, the rank r of the factorization.
+        factor_size: Positive int, the rank r of the factorization, at
+            most min(d + p, 4n) (checked when the cell is built).
         factor_initializer: Initializer of `factor_kernel` (W2).
         factor_regularizer: Optional regularizer of `factor_kernel`.
         factor_constraint: Optional constraint of `factor_kernel`.
@@ -54,7 +55,7 @@ class FLSTMCell(ProjectedLSTMCellBase):
         factor_constraint=None,
         **kwargs,
     ):
-        check_positive_int(
+        factor_size = check_positive_int(
             "factor_size",
             factor_size,
             "It is the rank r of W ≈ W1·W2; the paper's F512 uses 512.",
@@ -67,6 +68,15 @@ class FLSTMCell(ProjectedLSTMCellBase):
 
     def build_affine(self, input_dim):
         r = self.factor_size
+        # W1·W2 stands for a (d+p)×4n matrix: a larger rank only adds weights.
+        rank = min(input_dim + self.output_units, 4 * self.units)
+        if r > rank:
+            raise ValueError(
+                f"factor_size={r} exceeds the largest useful rank {rank} = "
+                f"min(input size {input_dim} + output size {self.output_units}, "
+                f"4 * units {4 * self.units}) of W1·W2. Use factor_size <= "
+                f"{rank}, or an LSTMPCell for the full-rank map."
+            )
         self.kernel = self.add_weight(
             shape=(input_dim, r),
             name="kernel",

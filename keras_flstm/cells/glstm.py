@@ -1,5 +1,6 @@
 """G-LSTM: the LSTM whose affine map is split into k independent groups (Kuchaiev & Ginsburg, 2017)."""
 
+from keras import constraints
 from keras import initializers
 from keras import ops
 from keras.saving import register_keras_serializable
@@ -42,6 +43,23 @@ class _BlockDiagonal(initializers.Initializer):
         )
 
 
+class _PerGroup(constraints.Constraint):
+    """Applies a 2-D weight constraint to each group's block `(a, 4n/k)`.
+
+    Exactly what the constraint does to the equivalent block-diagonal dense
+    weight, for Keras's constraints (elementwise, or norms along rows or
+    columns): a row or column of that matrix is zero outside its block.
+    Applied to the stored `(k, a, 4n/k)` kernel as it is, a norm along axis
+    0 would mix the groups instead.
+    """
+
+    def __init__(self, constraint):
+        self.constraint = constraint
+
+    def __call__(self, w):
+        return ops.stack([self.constraint(w[j]) for j in range(w.shape[0])])
+
+
 @register_keras_serializable(package="keras_flstm")
 class GLSTMCell(ProjectedLSTMCellBase):
     __doc__ = (
@@ -76,6 +94,10 @@ class GLSTMCell(ProjectedLSTMCellBase):
     Different `groups` per layer (the paper's "hierarchical" G4-G8) is just
     a different `groups` in each stacked cell.
 
+    `kernel_constraint` and `recurrent_constraint` act on each group's
+    block `(d/k, 4n/k)` or `(p/k, 4n/k)`, as they would on the equivalent
+    block-diagonal dense weight.
+
     Args:
         groups: Positive int k; it must divide d, n and p.
 """
@@ -83,14 +105,14 @@ class GLSTMCell(ProjectedLSTMCellBase):
     )
 
     def __init__(self, units, groups, projection_units=None, **kwargs):
-        check_positive_int(
+        groups = check_positive_int(
             "groups", groups, "It is the number k of independent groups."
         )
         super().__init__(units, projection_units=projection_units, **kwargs)
         fix = "Choose a group count that divides every size, or resize."
-        _check_divides(groups, "units", units, fix)
-        if projection_units is not None:
-            _check_divides(groups, "projection_units", projection_units, fix)
+        _check_divides(groups, "units", self.units, fix)
+        if self.projection_units is not None:
+            _check_divides(groups, "projection_units", self.projection_units, fix)
         self.groups = groups
 
     def build_affine(self, input_dim):
@@ -107,15 +129,19 @@ class GLSTMCell(ProjectedLSTMCellBase):
             name="kernel",
             initializer=_BlockDiagonal(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
+            constraint=self._per_group(self.kernel_constraint),
         )
         self.recurrent_kernel = self.add_weight(
             shape=(k, self.output_units // k, 4 * n // k),
             name="recurrent_kernel",
             initializer=_BlockDiagonal(self.recurrent_initializer),
             regularizer=self.recurrent_regularizer,
-            constraint=self.recurrent_constraint,
+            constraint=self._per_group(self.recurrent_constraint),
         )
+
+    @staticmethod
+    def _per_group(constraint):
+        return None if constraint is None else _PerGroup(constraint)
 
     def _grouped_matmul(self, v, kernel):
         """Applies every group's map to its slice of v, in one einsum.

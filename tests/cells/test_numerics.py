@@ -140,6 +140,31 @@ def test_glstm_is_lstmp_with_block_diagonal_weights(groups):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "make_constraint",
+    [
+        lambda: keras.constraints.MaxNorm(0.5, axis=0),
+        lambda: keras.constraints.MaxNorm(0.5, axis=1),
+        lambda: keras.constraints.UnitNorm(axis=0),
+    ],
+    ids=["max_norm_columns", "max_norm_rows", "unit_norm"],
+)
+def test_glstm_constraints_act_as_on_the_block_diagonal_weight(make_constraint):
+    # Keras optimizers apply `variable.constraint` after every update.
+    rng = np.random.default_rng(7)
+    g = _rnn(
+        GLSTMCell(
+            N, groups=2, projection_units=P,
+            kernel_constraint=make_constraint(), recurrent_constraint=make_constraint(),
+        )
+    )
+    _randomize(g, rng)
+    for variable in (g.cell.kernel, g.cell.recurrent_kernel):
+        got = ref.glstm_as_dense(np.asarray(variable.constraint(variable.value)))
+        want = np.asarray(make_constraint()(ref.glstm_as_dense(np.asarray(variable))))
+        np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
+
+
 def test_glstm_with_one_group_is_lstmp():
     rng = np.random.default_rng(5)
     g = _rnn(GLSTMCell(N, groups=1, projection_units=P, activation=tanh64))

@@ -136,6 +136,26 @@ def test_config_round_trip_and_keras_file(kind, tmp_path):
     _close(loaded(x), model(x), atol=1e-6)
 
 
+def test_unknown_argument_names_the_layer_and_its_arguments():
+    with pytest.raises(ValueError, match=r"passed to GLSTM: \['retrun_sequences'\].*GLSTMCell.*return_sequences"):
+        GLSTM(8, 2, retrun_sequences=True)
+
+
+def test_sequential_built_from_input_shape():
+    with pytest.warns(UserWarning, match="input_shape"):  # Keras prefers keras.Input
+        model = keras.Sequential([LSTMP(6, projection_units=3, return_sequences=True, input_shape=(5, D))])
+    assert model.built
+    assert model.layers[0].cell.kernel.shape == (D, 24)
+
+
+def test_activity_regularizer_adds_a_loss():
+    layer = LSTMP(6, projection_units=3, activity_regularizer="l2")
+    out = np.asarray(layer(_x()))
+    # Keras divides an activity regularizer's loss by the batch size.
+    want = 0.01 * np.sum(np.square(out)) / out.shape[0]
+    np.testing.assert_allclose(float(sum(layer.losses)), want, rtol=1e-5)
+
+
 def test_weights_have_the_cell_names():
     fused, plain = _pair("lstmp_peep_clip")
     assert [w.name for w in fused.weights] == [w.name for w in plain.weights]
