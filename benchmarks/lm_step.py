@@ -9,7 +9,10 @@ EMA of the LSTM weights. `--vocab_updates sparse,dense` times each model
 with the runner's sparse vocabulary updates (the default) and with dense
 ones (the whole V×d gradients, all-reduced and applied); `--unroll
 false,true` times each model with its recurrence looped (lm1b's default)
-and unrolled (`unroll=true`). Settings are the
+and unrolled (`unroll=true`); `--lstm_update sharded,replicated` times each
+model on several GPUs with the runner's sharded LSTM update (its default)
+and with the replicated one, the same step as on one GPU, where nothing is
+sharded and the model runs once. Settings are the
 paper's (`--preset` values of lm1b/hparams.py): emb = p = 1024, n = 8192,
 batch 256 per GPU, 20 steps. Inputs are random word ids (the step's cost
 does not depend on them).
@@ -57,7 +60,7 @@ PAPER = {
 }
 
 
-def make_step(preset, vocab_updates, num_gpus, args, unroll=False):
+def make_step(preset, vocab_updates, num_gpus, args, unroll, lstm_update):
     """(runner, step): lm1b's JaxRunner for one Table 1 model, and a function
     that runs one training step on a fixed random batch; ``step()`` waits for
     it, ``step(wait=False)`` only dispatches it and returns its loss sum."""
@@ -68,7 +71,7 @@ def make_step(preset, vocab_updates, num_gpus, args, unroll=False):
     try:
         runner = JaxRunner(hps, sparse_vocab=vocab_updates == "sparse",
                            # the runner's default: sharded only on several GPUs
-                           shard_lstm=None if args.lstm_update == "sharded" else False)
+                           shard_lstm=None if lstm_update == "sharded" else False)
     finally:
         keras.config.set_dtype_policy("float32")
     batch = random_batch(runner)
@@ -91,8 +94,8 @@ def random_batch(runner):
     return tuple(runner.shard(a) for a in (x, np.roll(x, -1, axis=1), np.ones(x.shape, "float32")))
 
 
-def time_model(preset, vocab_updates, num_gpus, args, unroll):
-    runner, step = make_step(preset, vocab_updates, num_gpus, args, unroll)
+def time_model(preset, vocab_updates, num_gpus, args, unroll, lstm_update):
+    runner, step = make_step(preset, vocab_updates, num_gpus, args, unroll, lstm_update)
     hps = runner.hps
     rows = hps.batch_size * num_gpus
 
@@ -125,6 +128,7 @@ def time_model(preset, vocab_updates, num_gpus, args, unroll):
         "vocab_updates": vocab_updates,
         # What the layers were built with, not just what was asked for.
         "unroll": all(rnn.unroll for rnn in runner.model.rnns),
+        "lstm_update": "sharded" if runner.shard_lstm else "replicated",
         "words_per_s": words / seconds,
         "words_per_s_per_gpu": words_per_s_per_gpu,
         "step_ms": round(1000 * seconds, 2),
@@ -140,16 +144,17 @@ def time_model(preset, vocab_updates, num_gpus, args, unroll):
 
 def _compare(rows):
     """Adds each row's ratio over BIGLSTM (same GPU count, vocabulary
-    updates and unroll), over the fastest BIGLSTM of that GPU count and
-    vocabulary updates (looped or unrolled: the strongest baseline), and its
-    scaling over the same model on one GPU."""
+    updates, unroll and LSTM update), over the fastest BIGLSTM of that GPU
+    count and vocabulary updates (looped or unrolled, sharded or replicated:
+    the strongest baseline), and its scaling over the same model on one GPU."""
     paper_base = PAPER["BIGLSTM"]["words_per_s"]
     for r in rows:
         bases = [b["words_per_s"] for b in rows if b["model"] == "BIGLSTM" and
                  (b["num_gpus"], b["vocab_updates"]) == (r["num_gpus"], r["vocab_updates"])]
         r["ratio_vs_fastest_biglstm"] = round(r["words_per_s"] / max(bases), 3) if bases else None
         same = [b for b in rows if (b["vocab_updates"], b["unroll"]) == (r["vocab_updates"], r["unroll"])]
-        base = next((b for b in same if b["model"] == "BIGLSTM" and b["num_gpus"] == r["num_gpus"]), None)
+        base = next((b for b in same if b["model"] == "BIGLSTM" and b["num_gpus"] == r["num_gpus"]
+                     and b.get("lstm_update") == r.get("lstm_update")), None)
         one = next((b for b in same if b["model"] == r["model"] and b["num_gpus"] == 1), None)
         r["ratio_vs_biglstm"] = round(r["words_per_s"] / base["words_per_s"], 3) if base else None
         r["scaling_vs_1_gpu"] = (round(r["words_per_s"] / one["words_per_s"], 3)
@@ -167,8 +172,9 @@ def main():
     parser.add_argument("--vocab_updates", default="sparse", help="sparse, dense, or both: sparse,dense")
     parser.add_argument("--unroll", default="false",
                         help="the recurrence looped (false, lm1b's default), unrolled (true), or both: false,true")
-    parser.add_argument("--lstm_update", choices=["sharded", "replicated"], default="sharded",
-                        help="the runner's sharded LSTM update (its default on several GPUs), or not")
+    parser.add_argument("--lstm_update", default="sharded",
+                        help="on several GPUs, the runner's sharded LSTM update (its default), replicated, "
+                             "or both: sharded,replicated")
     parser.add_argument("--dtype", choices=["fp32", "tf32", "bf16"], default="bf16",
                         help="bf16: mixed_bfloat16; tf32: float32 with TF32 matmuls; fp32: float32, TF32 off "
                              "(the paper's precision)")
@@ -188,6 +194,9 @@ def main():
     bad = set(args.vocab_updates.split(",")) - {"sparse", "dense"}
     if bad:
         parser.error(f"--vocab_updates takes sparse, dense or sparse,dense; got {args.vocab_updates!r}")
+    lstm_updates = args.lstm_update.split(",")
+    if set(lstm_updates) - {"sharded", "replicated"} or len(set(lstm_updates)) < len(lstm_updates):
+        parser.error(f"--lstm_update takes sharded, replicated or sharded,replicated; got {args.lstm_update!r}")
     try:  # read as the hparam is, so the two accept the same spellings
         unrolls = [HParams.parse(f"unroll={u}").unroll for u in args.unroll.split(",")]
     except ValueError as e:
@@ -215,24 +224,26 @@ def main():
         "host": platform.node(),
         "rows": [],
     }
-    print(f"{'model':10s} {'GPUs':>4s} {'vocab':>6s} {'unroll':>6s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} {'vs fastest':>10s} "
+    print(f"{'model':10s} {'GPUs':>4s} {'vocab':>6s} {'unroll':>6s} {'update':>10s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} {'vs fastest':>10s} "
           f"{'scaling':>8s} {'waited':>10s} {'scaling':>8s} {'paper':>8s} {'RNN params':>12s} {'TFLOP/s/GPU':>11s}",
           flush=True)
-    # A model's looped and unrolled steps run one after the other (with
+    # A model's looped and unrolled (sharded and replicated) steps run one after the other (with
     # BIGLSTM first, the fastest BIGLSTM is known when the other models' rows
     # are printed; the final ratios are printed at the end).
-    runs = [(m, v, n, u) for n in gpu_counts for v in args.vocab_updates.split(",")
-            for m in args.models.split(",") for u in unrolls]
-    for preset, vocab_updates, num_gpus, unroll in runs:
+    # One GPU has no LSTM update to shard: its step is timed once.
+    runs = [(m, v, n, u, s) for n in gpu_counts for v in args.vocab_updates.split(",")
+            for m in args.models.split(",") for u in unrolls for s in (lstm_updates if n > 1 else ["replicated"])]
+    for preset, vocab_updates, num_gpus, unroll, lstm_update in runs:
         with matmul_precision(args.dtype):  # the step compiles on its first call, inside
-            row = time_model(preset, vocab_updates, num_gpus, args, unroll)
+            row = time_model(preset, vocab_updates, num_gpus, args, unroll, lstm_update)
         result["rows"].append(row)
         _compare(result["rows"])
         ratio = f"{row['ratio_vs_biglstm']:.2f}x" if row["ratio_vs_biglstm"] else "-"
         fastest = f"{row['ratio_vs_fastest_biglstm']:.2f}x" if row["ratio_vs_fastest_biglstm"] else "-"
         scaling = f"{row['scaling_vs_1_gpu']:.2f}x" if row["scaling_vs_1_gpu"] else "-"
         waited = f"{row['scaling_vs_1_gpu_waited']:.2f}x" if row["scaling_vs_1_gpu_waited"] else "-"
-        print(f"{preset:10s} {num_gpus:4d} {vocab_updates:>6s} {str(unroll).lower():>6s} {row['words_per_s']:10,.0f} "
+        print(f"{preset:10s} {num_gpus:4d} {vocab_updates:>6s} {str(unroll).lower():>6s} {row['lstm_update']:>10s} "
+              f"{row['words_per_s']:10,.0f} "
               f"{row['words_per_s_per_gpu']:10,.0f} {ratio:>10s} {fastest:>10s} {scaling:>8s} "
               f"{row['words_per_s_waited']:10,.0f} {waited:>8s} "
               f"{row['paper_words_per_s_4xV100'] or 0:8,} {row['rnn_params']:12,} "
@@ -241,11 +252,12 @@ def main():
             with open(args.out, "w") as f:
                 json.dump(result, f, indent=1)
         keras.backend.clear_session()
-    if len(unrolls) > 1:
+    if len(unrolls) > 1 or len(lstm_updates) > 1:
         print("\nwords/s over the fastest BIGLSTM of the same GPU count, final:")
         for r in result["rows"]:
             fastest = r["ratio_vs_fastest_biglstm"]
             print(f"{r['model']:10s} {r['num_gpus']:4d} {r['vocab_updates']:>6s} {str(r['unroll']).lower():>6s} "
+                  f"{r['lstm_update']:>10s} "
                   f"{f'{fastest:.3f}x' if fastest else '-':>10s}")
 
 

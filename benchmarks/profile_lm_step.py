@@ -129,7 +129,7 @@ def main():
     args = parser.parse_args()
     logdir = tempfile.mkdtemp()
     with matmul_precision(args.dtype):  # the step compiles on its first call, inside
-        runner, step = make_step(args.model, args.vocab_updates, args.num_gpus, args, args.unroll)
+        runner, step = make_step(args.model, args.vocab_updates, args.num_gpus, args, args.unroll, args.lstm_update)
         if args.dump_hlo:
             with open(args.dump_hlo, "w") as f:
                 f.write(runner.lower(random_batch(runner)).compile().as_text())

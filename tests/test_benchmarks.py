@@ -76,10 +76,11 @@ def test_exposed_spans_are_the_collectives_parts_no_compute_kernel_covers():
         (1.0, 0.8, "AllGather")]
 
 
-def _row(model, num_gpus, words_per_s, vocab_updates="sparse", unroll=False):
+def _row(model, num_gpus, words_per_s, vocab_updates="sparse", unroll=False, lstm_update=None):
     # Waited-for steps: a fixed 10 words/s slower, so their scaling differs.
+    lstm_update = lstm_update or ("sharded" if num_gpus > 1 else "replicated")
     return {"model": model, "num_gpus": num_gpus, "vocab_updates": vocab_updates, "unroll": unroll,
-            "words_per_s": words_per_s, "words_per_s_waited": words_per_s - 10}
+            "lstm_update": lstm_update, "words_per_s": words_per_s, "words_per_s_waited": words_per_s - 10}
 
 
 def test_lm_step_ratios_are_per_gpu_count_and_scaling_per_model():
@@ -96,6 +97,19 @@ def test_lm_step_ratios_are_per_gpu_count_and_scaling_per_model():
     assert [r["scaling_vs_1_gpu_waited"] for r in rows] == [
         None, None, round(310 / 90, 3), round(390 / 140, 3), None, None, None]
     assert rows[1]["paper_ratio_vs_biglstm"] == round(56_000 / 33_800, 3)
+
+
+def test_lm_step_ratios_are_per_lstm_update_and_scaling_over_the_one_gpu_step():
+    rows = [_row("BIGLSTM", 1, 100.0), _row("BIG_G4", 1, 150.0),
+            _row("BIGLSTM", 4, 320.0), _row("BIGLSTM", 4, 300.0, lstm_update="replicated"),
+            _row("BIG_G4", 4, 480.0), _row("BIG_G4", 4, 510.0, lstm_update="replicated")]
+    lm_step._compare(rows)
+    # Each update's G4 over the same update's BIGLSTM...
+    assert [r["ratio_vs_biglstm"] for r in rows] == [1.0, 1.5, 1.0, 1.0, 1.5, 1.7]
+    # ...and over the fastest BIGLSTM of any update, the sharded one here.
+    assert [r["ratio_vs_fastest_biglstm"] for r in rows] == [1.0, 1.5, 1.0, 0.938, 1.5, 1.594]
+    # Both updates scale over the one-GPU step, which has nothing to shard.
+    assert [r["scaling_vs_1_gpu"] for r in rows] == [None, None, 3.2, 3.0, 3.2, 3.4]
 
 
 @pytest.mark.tf_backend  # runs lm_step.py on JAX in a subprocess: once is enough
@@ -146,6 +160,38 @@ def test_profile_lm_step_writes_its_summary_and_the_compiled_steps_hlo(tmp_path)
     # them in (gate, group) order (4 × 4 blocks of p/4 × n/4).
     assert "f32[500,8]" in text and "[4,2,16]" in text
     assert "[4,4,2,4]" not in text
+
+
+@pytest.mark.tf_backend  # runs lm_step.py on JAX in a subprocess: once is enough
+def test_lm_step_times_the_sharded_and_the_replicated_lstm_update(tmp_path):
+    """lm_step.py end to end on two CPU devices: each model is built with
+    each update the row names, and the ratios pair rows of one update."""
+    out = tmp_path / "lm_step.json"
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--models", "BIGLSTM,BIG_G2",
+         "--num_gpus", "2", "--lstm_update", "sharded,replicated", "--vocab_size", "500",
+         "--batch_size", "2", "--warmup", "0", "--windows", "1", "--steps", "1", "--out", str(out),
+         "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,num_steps=3"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        # lm_step.py reads the devices before the first runner can ask for two.
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["lstm_update"]) for r in rows] == [
+        ("BIGLSTM", "sharded"), ("BIGLSTM", "replicated"), ("BIG_G2", "sharded"), ("BIG_G2", "replicated")]
+    for g2, base in ((rows[2], rows[0]), (rows[3], rows[1])):
+        assert g2["ratio_vs_biglstm"] == round(g2["words_per_s"] / base["words_per_s"], 3)
+    assert "over the fastest BIGLSTM of the same GPU count, final" in run.stdout
+
+
+def test_lm_step_rejects_an_unknown_lstm_update_before_timing_any():
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--lstm_update", "sharded,zero3"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT))
+    assert run.returncode == 2
+    assert "--lstm_update takes sharded, replicated or sharded,replicated; got 'sharded,zero3'" in run.stderr
+    assert "words/s" not in run.stdout
 
 
 def test_lm_step_rejects_an_unknown_model_before_timing_any():
