@@ -12,6 +12,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+from tests.subprocesses import python_env  # noqa: E402
+
 import equal_time  # noqa: E402
 import lm_step  # noqa: E402
 import machine_info  # noqa: E402
@@ -76,6 +78,14 @@ def test_exposed_spans_are_the_collectives_parts_no_compute_kernel_covers():
         (1.0, 0.8, "AllGather")]
 
 
+def _run_benchmark(script, *args, timeout=600, **extra_env):
+    """Runs benchmarks/`script` with `args` on the JAX backend, in a fresh
+    interpreter from the repository root; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=python_env("jax", **extra_env))
+
+
 def _row(model, num_gpus, words_per_s, vocab_updates="sparse", unroll=False, lstm_update=None):
     # Waited-for steps: a fixed 10 words/s slower, so their scaling differs.
     lstm_update = lstm_update or ("sharded" if num_gpus > 1 else "replicated")
@@ -117,13 +127,11 @@ def test_lm_step_times_looped_and_unrolled_layers(tmp_path):
     """lm_step.py end to end at a tiny size, BIGLSTM not first: the layers
     are built as each row says, and every ratio is over the right BIGLSTM."""
     out = tmp_path / "lm_step.json"
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--models", "BIG_F512,BIGLSTM",
-         "--unroll", "false,true", "--vocab_size", "500", "--batch_size", "2", "--warmup", "0",
-         "--windows", "1", "--steps", "1", "--out", str(out),
-         "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,fact_size=4,num_steps=3"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT))
+    run = _run_benchmark(
+        "lm_step.py", "--models", "BIG_F512,BIGLSTM",
+        "--unroll", "false,true", "--vocab_size", "500", "--batch_size", "2", "--warmup", "0",
+        "--windows", "1", "--steps", "1", "--out", str(out),
+        "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,fact_size=4,num_steps=3")
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["unroll"]) for r in rows] == [
@@ -141,13 +149,11 @@ def test_profile_lm_step_writes_its_summary_and_the_compiled_steps_hlo(tmp_path)
     GPU kernels to count): the summary names the model, and --dump_hlo
     writes the optimized HLO of that model's training step."""
     out, hlo = tmp_path / "profile.json", tmp_path / "step.hlo.txt"
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "profile_lm_step.py"), "--model", "BIG_G4",
-         "--vocab_size", "500", "--batch_size", "2", "--steps", "1", "--out", str(out),
-         "--dump_hlo", str(hlo),
-         "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,num_steps=3"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT))
+    run = _run_benchmark(
+        "profile_lm_step.py", "--model", "BIG_G4",
+        "--vocab_size", "500", "--batch_size", "2", "--steps", "1", "--out", str(out),
+        "--dump_hlo", str(hlo),
+        "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,num_steps=3")
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert summary["model"] == "BIG_G4" and "--dump_hlo" in summary["command"]
@@ -167,14 +173,13 @@ def test_lm_step_times_the_sharded_and_the_replicated_lstm_update(tmp_path):
     """lm_step.py end to end on two CPU devices: each model is built with
     each update the row names, and the ratios pair rows of one update."""
     out = tmp_path / "lm_step.json"
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--models", "BIGLSTM,BIG_G2",
-         "--num_gpus", "2", "--lstm_update", "sharded,replicated", "--vocab_size", "500",
-         "--batch_size", "2", "--warmup", "0", "--windows", "1", "--steps", "1", "--out", str(out),
-         "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,num_steps=3"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    run = _run_benchmark(
+        "lm_step.py", "--models", "BIGLSTM,BIG_G2",
+        "--num_gpus", "2", "--lstm_update", "sharded,replicated", "--vocab_size", "500",
+        "--batch_size", "2", "--warmup", "0", "--windows", "1", "--steps", "1", "--out", str(out),
+        "--hparams", "emb_size=8,projected_size=8,state_size=16,num_sampled=16,num_steps=3",
         # lm_step.py reads the devices before the first runner can ask for two.
-        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="2"))
+        JAX_NUM_CPU_DEVICES="2")
     assert run.returncode == 0, run.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["lstm_update"]) for r in rows] == [
@@ -185,20 +190,14 @@ def test_lm_step_times_the_sharded_and_the_replicated_lstm_update(tmp_path):
 
 
 def test_lm_step_rejects_an_unknown_lstm_update_before_timing_any():
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--lstm_update", "sharded,zero3"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT))
+    run = _run_benchmark("lm_step.py", "--lstm_update", "sharded,zero3", timeout=300)
     assert run.returncode == 2
     assert "--lstm_update takes sharded, replicated or sharded,replicated; got 'sharded,zero3'" in run.stderr
     assert "words/s" not in run.stdout
 
 
 def test_lm_step_rejects_an_unknown_model_before_timing_any():
-    run = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "lm_step.py"), "--models", "BIGLSTM,G2"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=ROOT))
+    run = _run_benchmark("lm_step.py", "--models", "BIGLSTM,G2", timeout=300)
     assert run.returncode == 2
     assert "unknown G2" in run.stderr and "BIG_G2" in run.stderr
     assert "words/s" not in run.stdout
