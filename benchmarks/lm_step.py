@@ -154,7 +154,7 @@ def _compare(rows):
         r["ratio_vs_fastest_biglstm"] = round(r["words_per_s"] / max(bases), 3) if bases else None
         same = [b for b in rows if (b["vocab_updates"], b["unroll"]) == (r["vocab_updates"], r["unroll"])]
         base = next((b for b in same if b["model"] == "BIGLSTM" and b["num_gpus"] == r["num_gpus"]
-                     and b.get("lstm_update") == r.get("lstm_update")), None)
+                     and b["lstm_update"] == r["lstm_update"]), None)
         one = next((b for b in same if b["model"] == r["model"] and b["num_gpus"] == 1), None)
         r["ratio_vs_biglstm"] = round(r["words_per_s"] / base["words_per_s"], 3) if base else None
         r["scaling_vs_1_gpu"] = (round(r["words_per_s"] / one["words_per_s"], 3)
@@ -227,12 +227,13 @@ def main():
     print(f"{'model':10s} {'GPUs':>4s} {'vocab':>6s} {'unroll':>6s} {'update':>10s} {'words/s':>10s} {'per GPU':>10s} {'vs BIGLSTM':>10s} {'vs fastest':>10s} "
           f"{'scaling':>8s} {'waited':>10s} {'scaling':>8s} {'paper':>8s} {'RNN params':>12s} {'TFLOP/s/GPU':>11s}",
           flush=True)
-    # A model's looped and unrolled (sharded and replicated) steps run one after the other (with
-    # BIGLSTM first, the fastest BIGLSTM is known when the other models' rows
-    # are printed; the final ratios are printed at the end).
-    # One GPU has no LSTM update to shard: its step is timed once.
+    # A model's looped and unrolled (sharded and replicated) steps run one
+    # after the other (with BIGLSTM first, the fastest BIGLSTM is known when
+    # the other models' rows are printed; the final ratios are printed at the
+    # end). One GPU has no LSTM update to shard: its step is timed once.
     runs = [(m, v, n, u, s) for n in gpu_counts for v in args.vocab_updates.split(",")
-            for m in args.models.split(",") for u in unrolls for s in (lstm_updates if n > 1 else ["replicated"])]
+            for m in args.models.split(",") for u in unrolls
+            for s in (lstm_updates if n > 1 else ["replicated"])]
     for preset, vocab_updates, num_gpus, unroll, lstm_update in runs:
         with matmul_precision(args.dtype):  # the step compiles on its first call, inside
             row = time_model(preset, vocab_updates, num_gpus, args, unroll, lstm_update)
